@@ -1,0 +1,242 @@
+"""The wire format: one cattrs converter, lenient for answers, strict for what users send.
+
+Requests omit unset arguments. Answers ignore unknown keys and tolerate missing optional ones; a
+shape that cannot be read becomes one :class:`~shortwan.MalformedResponseError` naming each path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.preconf.json import make_converter
+
+from ._errors import InvalidRequestError, MalformedResponseError, snippet
+from ._models import ImageToVideo, JobSnapshot, JobStatus
+
+__all__ = [
+    "CreateData",
+    "QueryData",
+    "converter",
+    "request_args",
+    "request_from_args",
+    "snapshot_from_data",
+    "strict_converter",
+    "structure_answer",
+]
+
+
+def _structure_decimal(value: object, _type: object) -> Decimal:
+    # Money arrives as a string; a JSON number is accepted through its text, never through a float.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"expected a decimal string, got {type(value).__name__}")
+    try:
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"not a decimal number: {str(value)[:40]!r}") from None
+    if not result.is_finite():
+        raise ValueError(f"not a finite amount: {value!r}")
+    return result
+
+
+def _structure_int(value: object, _type: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _structure_text(value: object, _type: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _structure_bool(value: object, _type: object) -> bool:
+    # bool("false") is True: read the spellings a JSON service may use, never truthiness.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise TypeError(f"expected true or false, got {value!r:.40}")
+
+
+def _base_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=forbid_extra_keys)
+    conv.register_structure_hook(Decimal, _structure_decimal)
+    conv.register_unstructure_hook(Decimal, str)
+    return conv
+
+
+@attrs.frozen(kw_only=True)
+class CreateData:
+    """The ``data`` of a create answer."""
+
+    job_id: str
+    amount: Decimal | None = None
+
+
+@attrs.frozen(kw_only=True)
+class QueryData:
+    """The ``data`` of a query answer (and of a callback), before it becomes a JobSnapshot."""
+
+    status: int
+    id: str | None = None
+    result: Any = None
+    error: Any = None
+    refunded: bool | None = None
+    credit: Decimal | None = None
+    model: str | None = None
+    args: dict[str, Any] | None = None
+    key_name: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+
+
+converter: Final = _base_converter(forbid_extra_keys=False)
+"""Lenient: reads answers, ignoring unknown keys."""
+
+strict_converter: Final = _base_converter(forbid_extra_keys=True)
+"""Strict: reads request arguments from users' files; unknown keys fail."""
+
+# Optional request arguments left unset are omitted from the body, never sent as null.
+_omit_unset: dict[str, Any] = {
+    a.name: override(omit_if_default=True) for a in attrs.fields(ImageToVideo) if a.default is None
+}
+for _conv in (converter, strict_converter):
+    # Answers are lenient about scalar spellings ("2" for 2) but never read a bool as a number.
+    _conv.register_structure_hook(int, _structure_int)
+    _conv.register_structure_hook(str, _structure_text)
+    _conv.register_unstructure_hook(
+        ImageToVideo,
+        make_dict_unstructure_fn(
+            ImageToVideo,
+            _conv,
+            **_omit_unset,
+        ),
+    )
+    _conv.register_structure_hook(bool, _structure_bool)
+del _conv
+
+
+def request_args(request: ImageToVideo) -> dict[str, Any]:
+    """Return the ``args`` object of a create body: unset optional arguments are left out."""
+    args: dict[str, Any] = converter.unstructure(request)
+    return args
+
+
+def request_from_args(args: Mapping[str, Any]) -> ImageToVideo:
+    """Build a request from a mapping of arguments, refusing unknown keys.
+
+    Raises:
+        InvalidRequestError: naming every unknown key and every broken rule.
+    """
+    if not isinstance(args, Mapping):
+        raise InvalidRequestError([f"arguments must be an object, got {type(args).__name__}"])
+    known = {a.name for a in attrs.fields(ImageToVideo)}
+    unknown = sorted(str(k) for k in args if k not in known)
+    problems = [f"unknown argument {k!r}" for k in unknown]
+    kwargs = {k: v for k, v in args.items() if k in known}
+    try:
+        request = ImageToVideo(**kwargs)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(problems + list(exc.problems)) from None
+    if problems:
+        raise InvalidRequestError(problems)
+    return request
+
+
+def structure_answer(data: object, cls: type[Any], *, what: str, status: int | None = None) -> Any:
+    """Structure the ``data`` of an answer into ``cls``, or raise one readable error.
+
+    Raises:
+        MalformedResponseError: listing every path that could not be read.
+    """
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:  # every structuring failure becomes one SDK error
+        if isinstance(exc, (cattrs.BaseValidationError, cattrs.ForbiddenExtraKeysError)):
+            paths = cattrs.transform_error(exc, path="data")
+        else:
+            paths = [f"data: {exc}"]
+        raise MalformedResponseError(
+            f"malformed {what} answer: " + "; ".join(paths),
+            status=status,
+            body=snippet(repr(data)),
+            paths=paths,
+        ) from exc
+
+
+def _result_urls(result: object) -> tuple[str, ...]:
+    """Find the result URLs: ``videos``, then ``images``, then ``url`` or ``video_url``."""
+    if isinstance(result, str):
+        return (result,) if result else ()
+    if not isinstance(result, Mapping):
+        return ()
+    for key in ("videos", "images"):
+        items = result.get(key)
+        if isinstance(items, list) and items:
+            urls = tuple(u for u in (_item_url(i) for i in items) if u)
+            if urls:
+                return urls
+    for key in ("url", "video_url"):
+        value = result.get(key)
+        if isinstance(value, str) and value:
+            return (value,)
+    return ()
+
+
+def _item_url(item: object) -> str | None:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping):
+        url = item.get("url")
+        if isinstance(url, str):
+            return url
+    return None
+
+
+def snapshot_from_data(data: object, *, job_id: str | None = None) -> JobSnapshot:
+    """Read the ``data`` of a query answer into a :class:`JobSnapshot`.
+
+    ``job_id`` is the id that was asked for; it is used when the answer does not echo one.
+
+    Raises:
+        MalformedResponseError: ``status`` is missing or not a number, or no job id is known.
+    """
+    raw: QueryData = structure_answer(data, QueryData, what="query")
+    ident = raw.id or job_id
+    if not ident:
+        raise MalformedResponseError("query answer names no job id", body=snippet(repr(data)))
+    error = raw.error
+    if error is not None and not isinstance(error, str):
+        error = str(error)
+    return JobSnapshot(
+        id=ident,
+        status=JobStatus.from_raw(raw.status),
+        raw_status=raw.status,
+        urls=_result_urls(raw.result),
+        error=error or None,
+        refunded=raw.refunded,
+        credit=raw.credit,
+        model=raw.model,
+        args=raw.args,
+        key_name=raw.key_name,
+        created_at=raw.created_at,
+        updated_at=raw.updated_at,
+        finished_at=raw.finished_at,
+    )

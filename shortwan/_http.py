@@ -1,0 +1,402 @@
+"""The only module that sends API requests: sessions, envelopes, error mapping and retries.
+
+It knows nothing of jobs beyond the two calls of the protocol. Every aiohttp and json exception
+is translated here into the tree of ``_errors`` (kept as ``__cause__``), and every failure is
+classed by what it proves about the service's side effects (``_retry.Safety``), which decides
+whether a create may be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import aiohttp
+import anyio
+
+from ._config import Limits, RetryPolicy, Timeouts, is_testing
+from ._convert import CreateData, structure_answer
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    InsufficientBalanceError,
+    MalformedResponseError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    ShortWanError,
+    SubmissionUncertainError,
+    TransportError,
+    snippet,
+)
+from ._retry import Safety, backoff_delay, parse_retry_after
+
+__all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
+
+logger = logging.getLogger("shortwan")
+
+CREATE_PATH: Final = "/api/v1/job/create"
+QUERY_PATH: Final = "/api/v1/job/query"
+CODE_UPSTREAM_UNAVAILABLE: Final = 3000
+
+
+class _Failure(Exception):  # noqa: N818 - internal signal, never raised to callers
+    """One failed attempt: the SDK error to raise and what it proves about side effects."""
+
+    def __init__(
+        self,
+        error: ShortWanError,
+        safety: Safety,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.safety = safety
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.safety is not Safety.FINAL
+
+
+def _message(body: Mapping[str, Any]) -> str | None:
+    for key in ("message", "info", "msg"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _api_error(
+    status: int,
+    code: int | None,
+    text: str | None,
+    body: str | None,
+    retry_after: float | None,
+) -> _Failure:
+    """Map a rejection (an envelope with code != 0, or an HTTP error status) to a failure."""
+    detail = text or (f"code {code}" if code is not None else f"HTTP {status}")
+    where = f"HTTP {status}" + (f", code {code}" if code is not None else "")
+    message = f"{detail} ({where})"
+    kwargs: dict[str, Any] = {"status": status, "code": code, "body": body}
+    error: APIError
+    explicit = code is not None and code != 0
+    if status in (401, 403):
+        return _Failure(AuthenticationError(message, **kwargs), Safety.FINAL)
+    if status == 402:
+        return _Failure(InsufficientBalanceError(message, **kwargs), Safety.FINAL)
+    if status == 429:
+        error = RateLimitError(message, retry_after=retry_after, **kwargs)
+        return _Failure(error, Safety.NOT_SENT, retry_after=retry_after)
+    if status == 503 or code == CODE_UPSTREAM_UNAVAILABLE:
+        error = ServiceUnavailableError(message, **kwargs)
+        return _Failure(error, Safety.NOT_SENT, retry_after=retry_after)
+    if status in (400, 404, 405, 409, 413, 422):
+        return _Failure(BadRequestError(message, **kwargs), Safety.FINAL)
+    if status == 408 or status >= 500:
+        # A 5xx carrying the envelope with code != 0 is the service's own refusal: nothing was made.
+        safety = Safety.NOT_SENT if explicit else Safety.UNCERTAIN
+        return _Failure(ServerError(message, **kwargs), safety, retry_after=retry_after)
+    return _Failure(APIError(message, **kwargs), Safety.FINAL)
+
+
+def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
+    """Return the ``data`` object of a successful answer, or raise :class:`_Failure`."""
+    body_text = snippet(raw)
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        parsed = None
+        cause: Exception | None = exc
+    else:
+        cause = None
+    code = parsed.get("code") if isinstance(parsed, dict) else None
+    if isinstance(parsed, dict) and isinstance(code, int) and not isinstance(code, bool):
+        if code != 0:
+            raise _api_error(status, code, _message(parsed), body_text, retry_after)
+        if 200 <= status < 300:
+            data = parsed.get("data")
+            if data is None:
+                data = {}
+            if not isinstance(data, dict):
+                raise _Failure(
+                    MalformedResponseError(
+                        f"'data' is {type(data).__name__}, not an object",
+                        status=status,
+                        body=body_text,
+                        paths=["data"],
+                    ),
+                    Safety.UNCERTAIN,
+                )
+            return data
+    if status >= 400:
+        raise _api_error(status, None, None, body_text, retry_after)
+    error = MalformedResponseError(
+        f"HTTP {status} answer is not the service's JSON envelope",
+        status=status,
+        body=body_text,
+    )
+    if cause is not None:
+        error.__cause__ = cause
+    raise _Failure(error, Safety.UNCERTAIN)
+
+
+def _client_error(exc: BaseException, timeouts: Timeouts) -> _Failure:
+    """Class an aiohttp or timeout exception by what it proves."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+        return _Failure(TransportError(f"TLS failed: {exc}"), Safety.FINAL)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _Failure(TransportError(f"cannot connect: {exc}"), Safety.NOT_SENT)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        text = f"no connection within {timeouts.connect + timeouts.pool:g} s"
+        return _Failure(TransportError(text), Safety.NOT_SENT)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        text = f"no data from the service for {timeouts.read:g} s"
+        return _Failure(TransportError(text), Safety.UNCERTAIN)
+    if isinstance(exc, asyncio.TimeoutError):
+        return _Failure(TransportError("the request timed out"), Safety.UNCERTAIN)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return _Failure(TransportError("the service closed the connection"), Safety.UNCERTAIN)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _Failure(TransportError(text), Safety.UNCERTAIN)
+
+
+class Transport:
+    """Owns the HTTP session and sends the protocol's two calls with the retry policy.
+
+    Args:
+        api_key: the Bearer key; it is sent only to ``base_url``.
+        base_url: the API's origin, such as ``https://api.shortapi.ai``.
+        timeouts: per-attempt time limits.
+        retry: the retry policy.
+        limits: connection pool sizes.
+        session: a session to borrow instead of creating one; it is never closed here.
+        ssl_context: TLS settings for connections this transport creates.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        limits: Limits,
+        session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._auth: Final = {"Authorization": f"Bearer {api_key}"}
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self.retry = retry
+        self.limits = limits
+        self._session = session
+        self._owns_session = session is None
+        self._ssl_context = ssl_context
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
+        # One 429 pauses every request of this client: no storm of refused requests.
+        self._paused_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.base_url}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def session(self) -> aiohttp.ClientSession:
+        """Return the session, creating it inside the running loop on first use."""
+        if self._closed:
+            raise RuntimeError("this shortwan client is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.limits.max_connections,
+                limit_per_host=self.limits.max_connections_per_host,
+                keepalive_timeout=self.limits.keepalive,
+                ssl=self._ssl_context if self._ssl_context is not None else True,
+            )
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+            self._loop = loop
+        elif self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this shortwan client was first used in another event loop; "
+                "create one client per loop"
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it. Idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    def _attempt_timeout(self, remaining: float) -> aiohttp.ClientTimeout:
+        t = self.timeouts
+        total = t.request if t.request is not None else math.inf
+        total = min(total, remaining)
+        return aiohttp.ClientTimeout(
+            total=None if math.isinf(total) else max(total, 0.001),
+            connect=t.pool + t.connect,
+            sock_connect=t.connect,
+            sock_read=t.read,
+        )
+
+    async def _attempt(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+        remaining: float,
+    ) -> dict[str, Any]:
+        session = self.session()
+        try:
+            async with session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=None if body is None else json.dumps(body, separators=(",", ":")),
+                headers={**self._auth, "Content-Type": "application/json"}
+                if body is not None
+                else self._auth,
+                timeout=self._attempt_timeout(remaining),
+                allow_redirects=False,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            failure = _client_error(exc, self.timeouts)
+            raise failure from exc
+        return decode_envelope(status, raw, retry_after)
+
+    async def _call(
+        self,
+        method: Literal["GET", "POST"],
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        create: bool,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one call with retries and return its ``data``; raise the SDK error on failure."""
+        policy = self.retry
+        started = time.monotonic()
+        deadline = math.inf if policy.timeout is None else started + policy.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._wait_for_pause(deadline)
+            remaining = deadline - time.monotonic()
+            try:
+                return await self._attempt(
+                    method, path, params=params, body=body, remaining=remaining
+                )
+            except _Failure as failure:
+                error = failure.error
+                error.job_id = error.job_id or job_id
+                if (
+                    failure.safety is Safety.UNCERTAIN
+                    and create
+                    and not policy.retry_uncertain_creates
+                ):
+                    raise SubmissionUncertainError(
+                        "the create request may have reached the service, but its answer "
+                        f"was lost ({error}); it was not resubmitted, so at most one job "
+                        "exists: check your job list before trying again",
+                    ) from error
+                if not failure.transient:
+                    raise error from failure.__cause__
+                delay = self._retry_delay(failure, attempt, deadline)
+                if delay is None:
+                    if failure.safety is Safety.UNCERTAIN and create:
+                        raise SubmissionUncertainError(
+                            f"the create request may have reached the service ({error}); "
+                            "retries are spent, so the outcome is unknown",
+                        ) from error
+                    raise error from failure.__cause__
+                logger.info(
+                    "retrying %s %s in %.2f s (attempt %d of %d): %s",
+                    method,
+                    path,
+                    delay,
+                    attempt + 1,
+                    policy.attempts,
+                    error,
+                    extra={"job_id": job_id, "attempt": attempt, "delay": delay},
+                )
+                await anyio.sleep(delay)
+
+    def _retry_delay(self, failure: _Failure, attempt: int, deadline: float) -> float | None:
+        """Return how long to wait before the next attempt, or None to give up."""
+        policy = self.retry
+        if attempt >= policy.attempts:
+            return None
+        server_wait = failure.retry_after
+        if server_wait is not None:
+            if server_wait > policy.max_retry_after:
+                # Waiting that long is not ours to decide: raise and let the caller choose.
+                return None
+            if failure.safety is Safety.NOT_SENT and isinstance(failure.error, RateLimitError):
+                self._paused_until = max(self._paused_until, time.monotonic() + server_wait)
+            delay = 0.0 if is_testing() else server_wait
+        else:
+            delay = backoff_delay(policy, attempt, self._rng)
+        if time.monotonic() + delay >= deadline:
+            return None
+        return delay
+
+    async def _wait_for_pause(self, deadline: float) -> None:
+        if is_testing():
+            return
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            if time.monotonic() + wait >= deadline:
+                raise RateLimitError(
+                    f"the service asked this client to pause {wait:.1f} s, past the deadline",
+                    retry_after=wait,
+                )
+            await anyio.sleep(wait)
+
+    async def create(
+        self,
+        model: str,
+        args: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+    ) -> CreateData:
+        """Create a job; retry only when the service provably did not create it."""
+        body: dict[str, Any] = {"model": model, "args": args}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        data = await self._call("POST", CREATE_PATH, body=body, create=True)
+        try:
+            result: CreateData = structure_answer(data, CreateData, what="create")
+        except MalformedResponseError as exc:
+            # code 0 says the job exists, but we cannot tell which: the money rule says uncertain.
+            raise SubmissionUncertainError(
+                f"the service accepted the create but its answer cannot be read ({exc})",
+            ) from exc
+        return result
+
+    async def query(self, job_id: str) -> dict[str, Any]:
+        """Query a job and return the answer's ``data``; retried freely, it changes nothing."""
+        return await self._call(
+            "GET", QUERY_PATH, params={"id": job_id}, create=False, job_id=job_id
+        )

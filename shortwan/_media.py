@@ -1,0 +1,135 @@
+"""Local image checks and data-URI encoding, so a bad image is refused before money is spent."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Final
+
+from ._errors import InvalidRequestError
+from ._models import MAX_IMAGE_BYTES
+
+__all__ = ["image_input"]
+
+MIN_SIDE: Final = 240
+MAX_SIDE: Final = 8000
+MAX_ASPECT: Final = 8.0
+_MEDIA_TYPES: Final = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "BMP": "image/bmp",
+    "WEBP": "image/webp",
+}
+_REMOTE_PREFIXES: Final = ("http://", "https://", "data:")
+
+
+def image_input(source: str | os.PathLike[str] | bytes, *, name: str = "image") -> str:
+    """Check a local image against the service's rules and return it as a data URI.
+
+    The rules: JPEG, PNG without transparency, BMP or WEBP; each side 240 to 8000 pixels; aspect
+    ratio between 1:8 and 8:1; at most 20 MB. Reading the file blocks: in async code call this
+    through ``anyio.to_thread.run_sync``.
+
+    Args:
+        source: a path, or the image's bytes.
+        name: what to call the image in error messages.
+
+    Returns:
+        ``data:image/<type>;base64,<data>``, ready for ``first_frame_image`` or
+        ``last_frame_image``.
+
+    Raises:
+        InvalidRequestError: the image breaks a rule, cannot be read, or Pillow is not installed.
+    """
+    if isinstance(source, str) and source.startswith(_REMOTE_PREFIXES):
+        raise InvalidRequestError([f"{name}: image_input takes a local file, not a URL"])
+    uri, problem = image_input_or_problem(source, name=name)
+    if problem is not None:
+        raise InvalidRequestError([problem])
+    assert uri is not None  # noqa: S101 - no problem means a URI
+    return uri
+
+
+def image_input_or_problem(
+    source: str | os.PathLike[str] | bytes | None, *, name: str
+) -> tuple[str | None, str | None]:
+    """Return ``(value, None)`` for a usable image source, ``(None, problem)`` otherwise.
+
+    URLs and data URIs pass through unchanged (the request checks them); ``None`` stays ``None``.
+    """
+    if source is None:
+        return None, None
+    if isinstance(source, str) and source.startswith(_REMOTE_PREFIXES):
+        return source, None
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                return None, _too_big(name, size)
+            data = path.read_bytes()
+        except OSError as exc:
+            return None, f"{name}: cannot read {str(path)!r}: {exc.strerror or exc}"
+    media_type, problem = _check_image(data, name)
+    if problem is not None or media_type is None:
+        return None, problem
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", None
+
+
+def _too_big(name: str, size: int) -> str:
+    return f"{name}: image is {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}"
+
+
+def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
+    """Return ``(media type, None)`` for a good image, ``(None, first rule broken)`` otherwise."""
+    try:
+        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None, (
+            f"{name}: checking a local image needs Pillow; install the media extra: "
+            "pip install 'shortwan[media]'"
+        )
+    if len(data) > MAX_IMAGE_BYTES:
+        return None, _too_big(name, len(data))
+    try:
+        with warnings.catch_warnings():
+            # Our own side limit refuses huge images before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format
+                width, height = image.size
+                if fmt not in _MEDIA_TYPES:
+                    allowed = ", ".join(_MEDIA_TYPES)
+                    return (
+                        None,
+                        f"{name}: format {fmt or 'unknown'} is not accepted (allowed: {allowed})",
+                    )
+                for side, value in (("width", width), ("height", height)):
+                    if not MIN_SIDE <= value <= MAX_SIDE:
+                        return None, (
+                            f"{name}: {side} is {value} px, it must be {MIN_SIDE} to {MAX_SIDE} px"
+                        )
+                if max(width, height) > MAX_ASPECT * min(width, height):
+                    return None, (f"{name}: aspect ratio {width}:{height} is outside 1:8 to 8:1")
+                if fmt == "PNG" and _has_transparency(image):
+                    return None, f"{name}: PNG images must not have transparent pixels"
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        return None, f"{name}: not a readable image ({exc})"
+    return _MEDIA_TYPES[fmt], None
+
+
+def _has_transparency(image: object) -> bool:
+    """Return whether any pixel of a PNG is not fully opaque."""
+    from PIL import Image  # noqa: PLC0415 - optional dependency
+
+    assert isinstance(image, Image.Image)  # noqa: S101 - narrowing for the type checker
+    if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in image.info:
+        return False
+    alpha = image.convert("RGBA").getchannel("A")
+    low, _high = alpha.getextrema()
+    return bool(low < 255)  # type: ignore[operator]
