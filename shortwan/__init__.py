@@ -5,12 +5,15 @@ It never pays twice, never loses a paid job and checks every request before mone
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._batch import SpendBudget, SpendCounter
 from ._client import DEFAULT_BASE_URL, AsyncShortWan
 from ._config import (
     DEFAULT_LIMITS,
+    DEFAULT_POLL,
     DEFAULT_RETRY,
     DEFAULT_TIMEOUTS,
     Limits,
+    PollPolicy,
     RetryPolicy,
     Timeouts,
 )
@@ -22,6 +25,7 @@ from ._errors import (
     DownloadError,
     InsufficientBalanceError,
     InvalidRequestError,
+    JobDetachedError,
     JobFailedError,
     JobTimeoutError,
     MalformedResponseError,
@@ -29,19 +33,24 @@ from ._errors import (
     ServerError,
     ServiceUnavailableError,
     ShortWanError,
+    SpendLimitError,
     SubmissionUncertainError,
     TransportError,
 )
 from ._media import image_input
 from ._models import (
+    DEFAULT_JOB_TIMEOUT,
     MODEL_ID,
     PRICE_PER_SECOND,
     ImageToVideo,
     Job,
     JobSnapshot,
     JobStatus,
+    Outcome,
     Video,
 )
+from ._poller import QueryBudget, RateLimiter
+from ._table import JobEvent, JobRecord, JobState, JobTable
 
 try:
     __version__ = version("shortwan")
@@ -49,33 +58,47 @@ except PackageNotFoundError:  # pragma: no cover - running from a tree that was 
     __version__ = "0+unknown"
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_LIMITS",
-    "DEFAULT_RETRY",
-    "DEFAULT_TIMEOUTS",
-    "MODEL_ID",
-    "PRICE_PER_SECOND",
     "APIError",
     "AsyncShortWan",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_JOB_TIMEOUT",
+    "DEFAULT_LIMITS",
+    "DEFAULT_POLL",
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUTS",
     "DownloadError",
     "ImageToVideo",
     "InsufficientBalanceError",
     "InvalidRequestError",
     "Job",
+    "JobDetachedError",
+    "JobEvent",
     "JobFailedError",
+    "JobRecord",
     "JobSnapshot",
+    "JobState",
     "JobStatus",
+    "JobTable",
     "JobTimeoutError",
     "Limits",
+    "MODEL_ID",
     "MalformedResponseError",
+    "Outcome",
+    "PRICE_PER_SECOND",
+    "PollPolicy",
+    "QueryBudget",
     "RateLimitError",
+    "RateLimiter",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
     "ShortWanError",
+    "SpendBudget",
+    "SpendCounter",
+    "SpendLimitError",
     "SubmissionUncertainError",
     "Timeouts",
     "TransportError",

@@ -6,22 +6,31 @@ import enum
 import logging
 import os
 import ssl
+from collections.abc import AsyncIterator
+from decimal import Decimal
 from types import TracebackType
 from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from ._config import DEFAULT_LIMITS, DEFAULT_RETRY, DEFAULT_TIMEOUTS, Limits, RetryPolicy, Timeouts
-from ._convert import request_args, snapshot_from_data
-from ._errors import (
-    ConfigurationError,
-    InvalidRequestError,
-    MalformedResponseError,
-    SubmissionUncertainError,
+from ._batch import Batch, RequestSource, SpendBudget, SpendCounter
+from ._config import (
+    DEFAULT_LIMITS,
+    DEFAULT_POLL,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    Limits,
+    PollPolicy,
+    RetryPolicy,
+    Timeouts,
 )
+from ._engine import Engine
+from ._errors import ConfigurationError, InvalidRequestError
 from ._http import Transport
-from ._models import ImageToVideo, Job, JobSnapshot, JobStatus
+from ._models import DEFAULT_JOB_TIMEOUT, ImageToVideo, Job, JobSnapshot, Outcome, Video
+from ._poller import QueryBudget
+from ._table import JobTable
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncShortWan"]
 
@@ -80,8 +89,12 @@ class AsyncShortWan:
         timeouts: per-attempt time limits.
         retry: how failed requests are retried; creates are only retried when no job can exist.
         limits: connection pool sizes.
+        poll: how the shared poller schedules status queries.
         session: an ``aiohttp.ClientSession`` to borrow; it is used as is and never closed.
         ssl_context: TLS settings (certificate verification is on by default).
+        max_finished_jobs: finished jobs kept in :attr:`jobs` (oldest dropped first); ``None``
+            keeps all.
+        query_budget: a shared query-rate budget to use instead of this client's own limiter.
 
     Raises:
         ConfigurationError: no API key, or a base URL that is not http(s).
@@ -95,8 +108,11 @@ class AsyncShortWan:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
+        poll: PollPolicy = DEFAULT_POLL,
         session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_finished_jobs: int | None = 10_000,
+        query_budget: QueryBudget | None = None,
     ) -> None:
         self._transport = Transport(
             api_key=_resolve_key(api_key),
@@ -107,6 +123,9 @@ class AsyncShortWan:
             session=session,
             ssl_context=ssl_context,
         )
+        self._engine = Engine(
+            self._transport, poll=poll, max_finished=max_finished_jobs, query_budget=query_budget
+        )
         self._state = _State.UNOPENED
 
     def __repr__(self) -> str:
@@ -116,6 +135,11 @@ class AsyncShortWan:
     def base_url(self) -> str:
         """The API origin requests go to."""
         return self._transport.base_url
+
+    @property
+    def jobs(self) -> JobTable:
+        """Every job this client created or attached: states, counts, spend and an event feed."""
+        return self._engine.table
 
     @property
     def is_closed(self) -> bool:
@@ -142,8 +166,13 @@ class AsyncShortWan:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session this client created. Idempotent; a borrowed one stays open."""
+        """Stop background work and close the HTTP session this client created.
+
+        Idempotent. Jobs that have not finished go on remotely; they are logged by id and can be
+        collected with :meth:`attach` from another client. A borrowed session stays open.
+        """
         self._state = _State.CLOSED
+        await self._engine.aclose()
         await self._transport.aclose()
 
     async def submit(self, request: ImageToVideo) -> Job:
@@ -164,20 +193,8 @@ class AsyncShortWan:
                 [f"submit takes an ImageToVideo request, got {type(request).__name__}"]
             )
         self._check_open()
-        try:
-            created = await self._transport.create(request.model, request_args(request))
-        except SubmissionUncertainError as exc:
-            exc.request = request
-            logger.warning("create outcome unknown, not resubmitted: %s", exc)
-            raise
-        job = Job(id=created.job_id, amount=created.amount, request=request)
-        logger.info(
-            "job %s created, charged %s",
-            job.id,
-            job.amount,
-            extra={"job_id": job.id, "amount": str(job.amount)},
-        )
-        return job
+        record = await self._engine.create(request)
+        return self._engine.job(record)
 
     async def get_job(self, job_id: str) -> JobSnapshot:
         """Query a job once and return what the service said.
@@ -194,24 +211,102 @@ class AsyncShortWan:
         if problem is not None:
             raise InvalidRequestError([problem])
         self._check_open()
-        data = await self._transport.query(job_id)
+        return await self._engine.query(job_id)
+
+    def attach(self, job_id: str) -> Job:
+        """Track a job created elsewhere (another process, an earlier run) by its id.
+
+        The job is asked about at once and then polled like any other; await
+        :meth:`Job.result` for its video.
+
+        Raises:
+            InvalidRequestError: ``job_id`` is not a plausible job id.
+        """
+        problem = _job_id_problem(job_id)
+        if problem is not None:
+            raise InvalidRequestError([problem])
+        self._check_open()
+        return self._engine.job(self._engine.attach(job_id))
+
+    async def generate(
+        self, request: ImageToVideo, *, timeout: float | None = DEFAULT_JOB_TIMEOUT
+    ) -> Video:
+        """Submit ``request`` and wait for its video.
+
+        Args:
+            request: what to make.
+            timeout: seconds to wait once the job exists; ``None`` waits as long as it takes.
+
+        Raises:
+            JobFailedError: the job ended in failure.
+            JobTimeoutError: ``timeout`` passed; the job goes on and is named in the error.
+            SubmissionUncertainError, APIError, TransportError: as for :meth:`submit`.
+        """
+        job = await self.submit(request)
+        return await job.result(timeout=timeout)
+
+    async def generate_many(
+        self,
+        requests: RequestSource,
+        *,
+        concurrency: int = 16,
+        max_spend: Decimal | str | int | SpendCounter | None = None,
+        timeout: float | None = DEFAULT_JOB_TIMEOUT,
+    ) -> AsyncIterator[Outcome]:
+        """Make a video for every request, yielding outcomes as jobs finish.
+
+        The input is pulled only when one of ``concurrency`` slots is free, so it can be a
+        generator of millions of requests (``ImageToVideo`` objects or argument mappings). Every
+        request gets exactly one :class:`Outcome`; a failure is reported in it and never stops the
+        others. Leaving the loop early or cancelling it stops admission; jobs already created stay
+        in :attr:`jobs` and are logged by id.
+
+        Args:
+            requests: an iterable or async iterable of requests.
+            concurrency: requests admitted and not yet reported, at most.
+            max_spend: a cap in USD (or a shared :class:`SpendCounter`): a request whose cost
+                would cross it is not sent and gets a :class:`SpendLimitError` outcome, as does
+                every request after it.
+            timeout: seconds to wait for each job once created; a late job's outcome carries a
+                :class:`JobTimeoutError` and the job stays tracked.
+        """
+        self._check_open()
+        budget: SpendCounter | None
+        if max_spend is None or isinstance(max_spend, (Decimal, str, int)):
+            budget = None if max_spend is None else SpendBudget(Decimal(max_spend))
+        else:
+            budget = max_spend
+        batch = Batch(
+            self._engine, requests, concurrency=concurrency, budget=budget, timeout=timeout
+        )
+        await self._engine.spawn(batch.run)
         try:
-            snapshot = snapshot_from_data(data, job_id=job_id)
-        except MalformedResponseError as exc:
-            exc.job_id = job_id
-            raise
-        if snapshot.id != job_id:
-            # Never let an answer about another job stand in for this one.
-            raise MalformedResponseError(
-                f"asked for job {job_id}, the answer is about job {snapshot.id}",
-                job_id=job_id,
-                paths=["data.id"],
+            async with batch.receive:
+                async for outcome in batch.receive:
+                    batch.release_slot()
+                    yield outcome
+            if batch.error is not None:
+                raise batch.error
+        finally:
+            batch.stop()
+
+    async def gather(
+        self,
+        requests: RequestSource,
+        *,
+        concurrency: int = 16,
+        max_spend: Decimal | str | int | SpendCounter | None = None,
+        timeout: float | None = DEFAULT_JOB_TIMEOUT,
+    ) -> list[Outcome]:
+        """Make a video for every request and return the outcomes in input order.
+
+        Takes the arguments of :meth:`generate_many`; errors are reported in the outcomes.
+        """
+        outcomes = [
+            outcome
+            async for outcome in self.generate_many(
+                requests, concurrency=concurrency, max_spend=max_spend, timeout=timeout
             )
-        if snapshot.status is JobStatus.UNKNOWN:
-            logger.warning(
-                "job %s reports unknown status %d",
-                job_id,
-                snapshot.raw_status,
-                extra={"job_id": job_id, "raw_status": snapshot.raw_status},
-            )
-        return snapshot
+        ]
+        outcomes.sort(key=lambda o: o.index)
+        return outcomes

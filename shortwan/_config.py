@@ -8,9 +8,11 @@ import attrs
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_POLL",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
     "Limits",
+    "PollPolicy",
     "RetryPolicy",
     "Timeouts",
     "is_testing",
@@ -129,3 +131,52 @@ def set_testing(testing: bool) -> None:
 def is_testing() -> bool:
     """Return whether test mode is on."""
     return _Testing.enabled
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """How the shared poller schedules status queries, in seconds.
+
+    A job's first query comes when it is expected to be done: ``first_query_fraction`` of the
+    expected running time, learned from the jobs this client has seen finish (before any has, it is
+    ``prior_seconds_per_video_second`` × duration, × ``resolution_factor`` at 1080p). Then the gap
+    between queries is ``growth`` × the job's age, kept within ``min_interval`` and ``max_interval``
+    and jittered by ``jitter`` (relative), so long jobs are asked about rarely and short ones soon.
+
+    Attributes:
+        min_interval: shortest gap between two queries of one job.
+        max_interval: longest gap between two queries of one job.
+        growth: gap as a fraction of the job's age.
+        first_query_fraction: first query at this fraction of the expected running time.
+        prior_seconds_per_video_second: expected running time per second of video, before learning.
+        resolution_factor: how much longer a 1080p job runs than a 720p one.
+        jitter: relative random spread of every gap, so jobs submitted together do not query
+            together.
+        max_queries_per_second: ceiling of the query rate of the whole client.
+        max_concurrent_queries: queries in flight at once.
+        callback_interval: the slow safety-net gap for jobs whose result arrives by callback.
+    """
+
+    min_interval: float = attrs.field(default=2.0, validator=_positive)
+    max_interval: float = attrs.field(default=30.0, validator=_positive)
+    growth: float = attrs.field(default=0.15, validator=_positive)
+    first_query_fraction: float = attrs.field(default=0.8, validator=_positive)
+    prior_seconds_per_video_second: float = attrs.field(default=12.0, validator=_positive)
+    resolution_factor: float = attrs.field(default=1.5, validator=_positive)
+    jitter: float = attrs.field(default=0.1, validator=_non_negative)
+    max_queries_per_second: float = attrs.field(default=20.0, validator=_positive)
+    max_concurrent_queries: int = attrs.field(default=16)
+    callback_interval: float = attrs.field(default=120.0, validator=_positive)
+
+    @max_interval.validator
+    def _check_max(self, _attr: attrs.Attribute[float], value: float) -> None:
+        if value < self.min_interval:
+            raise ValueError(f"max_interval ({value}) must be >= min_interval")
+
+    @max_concurrent_queries.validator
+    def _check_concurrent(self, _attr: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_concurrent_queries must be an int >= 1, got {value!r}")
+
+
+DEFAULT_POLL: Final = PollPolicy()

@@ -18,6 +18,8 @@ known::
     ├── SubmissionUncertainError             a create was sent, its outcome is unknown: maybe paid
     ├── JobFailedError                       the job ended in failure (.reason, .refunded)
     ├── JobTimeoutError (TimeoutError)       our deadline passed; the remote job may still finish
+    ├── JobDetachedError                     the client was closed before the job ended
+    ├── SpendLimitError                      not sent: it would have crossed the spend cap
     └── DownloadError                        the video could not be fetched
 
 aiohttp, json and cattrs exceptions never reach the caller untranslated; they are kept as
@@ -36,6 +38,7 @@ __all__ = [
     "DownloadError",
     "InsufficientBalanceError",
     "InvalidRequestError",
+    "JobDetachedError",
     "JobFailedError",
     "JobTimeoutError",
     "MalformedResponseError",
@@ -43,6 +46,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "ShortWanError",
+    "SpendLimitError",
     "SubmissionUncertainError",
     "TransportError",
 ]
@@ -242,6 +246,24 @@ class JobTimeoutError(ShortWanError, TimeoutError):
     ) -> None:
         super().__init__(message, job_id=job_id)
         self.last_status = last_status
+
+
+class JobDetachedError(ShortWanError):
+    """The client stopped tracking the job (it was closed); the job may still finish remotely."""
+
+
+class SpendLimitError(ShortWanError):
+    """The request was not sent: its cost would have crossed ``max_spend``.
+
+    ``limit`` is the cap, ``committed`` what was spent or reserved when the request was refused,
+    ``cost`` what the request would have cost.
+    """
+
+    def __init__(self, message: str, *, limit: object, committed: object, cost: object) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.committed = committed
+        self.cost = cost
 
 
 class DownloadError(ShortWanError):

@@ -10,12 +10,12 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidRequestError, ShortWanError
 
 __all__ = [
     "MODEL_ID",
@@ -24,11 +24,15 @@ __all__ = [
     "Job",
     "JobSnapshot",
     "JobStatus",
+    "Outcome",
     "Video",
 ]
 
 MODEL_ID: Final = "alibaba/wan-2.7/image-to-video"
 PRICE_PER_SECOND: Final = Decimal("0.085")
+
+DEFAULT_JOB_TIMEOUT: Final = 900.0
+"""How long waiting for one job lasts unless the caller says otherwise: jobs take 30 s to 10 min."""
 
 MAX_PROMPT: Final = 5000
 MAX_NEGATIVE_PROMPT: Final = 500
@@ -368,18 +372,76 @@ class JobSnapshot:
         return parse_timestamp(self.finished_at)
 
 
+class _Tracker(Protocol):
+    """What a :class:`Job` asks about itself: the client that tracks it."""
+
+    def status_of(self, job_id: str) -> JobStatus: ...
+
+    async def wait_for(self, job_id: str, timeout: float | None) -> Video: ...
+
+
 @attrs.define(kw_only=True, eq=False)
 class Job:
     """A job the service created: it has an id and it was charged.
 
     Attributes:
         id: the job id; every later call works from it alone, in any process.
-        amount: what the create was charged, in USD.
+        amount: what the create was charged, in USD (``None`` for a job attached by id).
         request: the request it was created from, when this client sent it.
-        status: the last status seen.
     """
 
     id: str
     amount: Decimal | None
     request: ImageToVideo | None = None
-    status: JobStatus = JobStatus.QUEUED
+    _tracker: _Tracker | None = attrs.field(default=None, repr=False, alias="tracker")
+
+    @property
+    def status(self) -> JobStatus:
+        """The last status the client saw (``QUEUED`` before the first query)."""
+        if self._tracker is None:
+            return JobStatus.QUEUED
+        return self._tracker.status_of(self.id)
+
+    async def result(self, timeout: float | None = DEFAULT_JOB_TIMEOUT) -> Video:
+        """Wait for the job to end and return its video.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits as long as it takes. The job is not touched
+                when the wait times out: it keeps running remotely and can be awaited again.
+
+        Raises:
+            JobFailedError: the job ended in failure.
+            JobTimeoutError: ``timeout`` passed first (the error names the job and its last status).
+            JobDetachedError: the client was closed while waiting.
+        """
+        if self._tracker is None:
+            raise RuntimeError(
+                f"job {self.id} is not tracked by a client; use client.attach({self.id!r})"
+            )
+        return await self._tracker.wait_for(self.id, timeout)
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What became of one request of a batch: a video, or the error that stopped it.
+
+    Attributes:
+        index: the request's position in the input, from 0.
+        request: the request, when it could be built.
+        job_id: the job, when one was created (also on failures and timeouts: it was paid for).
+        video: the video, on success.
+        error: why there is no video; ``None`` on success.
+        amount: what the job was charged, when one was created.
+    """
+
+    index: int
+    request: ImageToVideo | None = None
+    job_id: str | None = None
+    video: Video | None = None
+    error: ShortWanError | None = None
+    amount: Decimal | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request produced a video."""
+        return self.video is not None

@@ -1,0 +1,332 @@
+"""Bulk generation: admission in a bounded window, the spend cap, per-item outcomes, stopping.
+
+A feeder pulls a request from the input only when a slot is free, a few workers send the creates,
+and every job then waits as a record in the table (no task per job); its outcome is pushed to the
+consumer by a done-callback. One failure never stops the others. Stopping (the consumer broke out
+or was cancelled) ends admission; jobs already created stay in the table, logged by id.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Protocol, TypeAlias
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._convert import request_from_args
+from ._errors import (
+    APIError,
+    JobDetachedError,
+    JobTimeoutError,
+    ShortWanError,
+    SpendLimitError,
+    SubmissionUncertainError,
+    TransportError,
+)
+from ._models import ImageToVideo, Outcome
+from ._table import JobRecord, JobState
+
+__all__ = ["Batch", "RequestSource", "SpendBudget", "SpendCounter"]
+
+logger = logging.getLogger("shortwan")
+
+RequestItem: TypeAlias = "ImageToVideo | Mapping[str, Any]"
+RequestSource: TypeAlias = (
+    "Iterable[ImageToVideo | Mapping[str, Any]] | AsyncIterable[ImageToVideo | Mapping[str, Any]]"
+)
+
+# Creates are few and short next to the jobs themselves: a handful of senders keep the service busy
+# without holding one task per job.
+_MAX_SENDERS = 32
+
+
+class SpendCounter(Protocol):
+    """Keeps the money of a batch under its cap; one implementation can be shared by processes."""
+
+    async def reserve(self, amount: Decimal) -> bool:
+        """Set ``amount`` aside for a create, or return False if the cap would be crossed."""
+
+    async def settle(self, reserved: Decimal, charged: Decimal | None) -> None:
+        """Replace a reservation by what the create was charged (``None``: the estimate)."""
+
+    async def release(self, reserved: Decimal) -> None:
+        """Give back a reservation whose create surely made no job."""
+
+    async def refund(self, amount: Decimal) -> None:
+        """Take a refunded job's charge off the spend."""
+
+
+class SpendBudget:
+    """The in-memory :class:`SpendCounter`: spent + reserved never exceeds ``limit``."""
+
+    def __init__(self, limit: Decimal) -> None:
+        self.limit = limit
+        self.spent = Decimal(0)
+        self.reserved = Decimal(0)
+
+    def __repr__(self) -> str:
+        return f"<SpendBudget spent={self.spent} reserved={self.reserved} limit={self.limit}>"
+
+    async def reserve(self, amount: Decimal) -> bool:
+        if self.spent + self.reserved + amount > self.limit:
+            return False
+        self.reserved += amount
+        return True
+
+    async def settle(self, reserved: Decimal, charged: Decimal | None) -> None:
+        self.reserved -= reserved
+        self.spent += reserved if charged is None else charged
+
+    async def release(self, reserved: Decimal) -> None:
+        self.reserved -= reserved
+
+    async def refund(self, amount: Decimal) -> None:
+        self.spent -= amount
+
+
+class _Engine(Protocol):
+    async def create(self, request: ImageToVideo, *, track: bool = True) -> JobRecord: ...
+
+    def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError: ...
+
+
+async def _items(source: RequestSource) -> AsyncIterator[RequestItem]:
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+
+
+class Batch:
+    """One ``generate_many`` run. :meth:`run` goes in the engine's task group."""
+
+    def __init__(
+        self,
+        engine: _Engine,
+        source: RequestSource,
+        *,
+        concurrency: int,
+        budget: SpendCounter | None,
+        timeout: float | None,
+    ) -> None:
+        value: object = concurrency
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+        self._engine = engine
+        self._source = source
+        self._concurrency = concurrency
+        self._budget = budget
+        self._timeout = timeout
+        self._slots = anyio.Semaphore(concurrency)
+        # Every admitted item holds a slot until the consumer takes its outcome, so the buffer
+        # can never be full when an outcome is pushed.
+        self._send: MemoryObjectSendStream[Outcome]
+        self.receive: MemoryObjectReceiveStream[Outcome]
+        self._send, self.receive = anyio.create_memory_object_stream[Outcome](concurrency)
+        self._cancel = anyio.CancelScope()
+        self._outstanding = 0
+        self._feeding = True
+        self._cap_reached = False
+        self._waiting: dict[int, JobRecord] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_wake = anyio.Event()
+        self._task_group: TaskGroup | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def in_flight(self) -> list[str]:
+        """The ids of this batch's jobs whose outcome has not been delivered."""
+        return [record.id for record in self._waiting.values()]
+
+    def release_slot(self) -> None:
+        """Free one admission slot; the consumer calls it for every outcome it takes."""
+        self._slots.release()
+
+    def stop(self) -> None:
+        """Stop admitting requests; created jobs stay tracked by the client."""
+        self._cancel.cancel()
+        pending = self.in_flight
+        if pending:
+            logger.warning(
+                "generate_many stopped with %d jobs in flight; they stay tracked: %s",
+                len(pending),
+                ", ".join(pending[:20]) + (" …" if len(pending) > 20 else ""),
+                extra={"job_ids": pending},
+            )
+        self._waiting.clear()
+        self._send.close()
+
+    async def run(self) -> None:
+        """Feed, send and time out requests until every outcome is delivered or :meth:`stop`."""
+        try:
+            with self._cancel:
+                async with anyio.create_task_group() as tg:
+                    self._task_group = tg
+                    work_send, work_receive = anyio.create_memory_object_stream[
+                        tuple[int, RequestItem]
+                    ]()
+                    for _ in range(min(self._concurrency, _MAX_SENDERS)):
+                        tg.start_soon(self._sender, work_receive.clone())
+                    work_receive.close()
+                    tg.start_soon(self._watch_deadlines)
+                    async with work_send:
+                        await self._feed(work_send)
+                    self._feeding = False
+                    self._maybe_finish()
+        except Exception as exc:
+            # The input itself failed (a bad line in a user's generator): tell the consumer.
+            self.error = exc
+            self._send.close()
+
+    async def _feed(self, work_send: MemoryObjectSendStream[tuple[int, RequestItem]]) -> None:
+        index = 0
+        items = _items(self._source)
+        try:
+            while True:
+                await self._slots.acquire()
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    self._slots.release()
+                    return
+                self._outstanding += 1
+                await work_send.send((index, item))
+                index += 1
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def _sender(self, work: MemoryObjectReceiveStream[tuple[int, RequestItem]]) -> None:
+        async with work:
+            async for index, item in work:
+                await self._admit(index, item)
+
+    async def _admit(self, index: int, item: RequestItem) -> None:
+        try:
+            request = item if isinstance(item, ImageToVideo) else request_from_args(item)
+        except ShortWanError as exc:
+            self._emit(Outcome(index=index, error=exc))
+            return
+        if self._cap_reached:
+            self._emit(Outcome(index=index, request=request, error=self._cap_error(request)))
+            return
+        cost = request.estimated_cost
+        if self._budget is not None and not await self._budget.reserve(cost):
+            self._cap_reached = True
+            self._emit(Outcome(index=index, request=request, error=self._cap_error(request)))
+            return
+        try:
+            record = await self._engine.create(request)
+        except SubmissionUncertainError as exc:
+            # Maybe charged: the reservation stays, so the cap still counts it.
+            self._emit(Outcome(index=index, request=request, error=exc))
+            return
+        except (APIError, TransportError) as exc:
+            if self._budget is not None:
+                await self._budget.release(cost)
+            self._emit(Outcome(index=index, request=request, error=exc))
+            return
+        if self._budget is not None:
+            await self._budget.settle(cost, record.amount)
+        self._waiting[index] = record
+        record.add_done_callback(lambda r: self._finished(index, request, r))
+        if self._timeout is not None and index in self._waiting:
+            heapq.heappush(self._deadlines, (time.monotonic() + self._timeout, index))
+            if self._deadlines[0][1] == index:
+                self._deadline_wake.set()
+
+    def _cap_error(self, request: ImageToVideo) -> SpendLimitError:
+        budget = self._budget
+        limit = getattr(budget, "limit", None)
+        used = getattr(budget, "spent", Decimal(0)) + getattr(budget, "reserved", Decimal(0))
+        return SpendLimitError(
+            f"not sent: ${request.estimated_cost} more would cross the spend cap of ${limit} "
+            f"(${used} spent or reserved)",
+            limit=limit,
+            committed=used,
+            cost=request.estimated_cost,
+        )
+
+    def _finished(self, index: int, request: ImageToVideo, record: JobRecord) -> None:
+        if self._waiting.pop(index, None) is None:
+            return  # already reported (timed out) or the batch stopped
+        if (
+            self._budget is not None
+            and self._task_group is not None
+            and record.state is JobState.FAILED
+            and record.snapshot is not None
+            and record.snapshot.refunded
+            and record.amount is not None
+        ):
+            self._task_group.start_soon(self._budget.refund, record.amount)
+        error: ShortWanError | None = None
+        if record.video is None:
+            error = record.error or ShortWanError(f"job {record.id} ended without a video")
+            if record.state is JobState.DETACHED:
+                error = JobDetachedError(
+                    f"the client was closed before job {record.id} ended", job_id=record.id
+                )
+        self._emit(
+            Outcome(
+                index=index,
+                request=request,
+                job_id=record.id,
+                video=record.video,
+                error=error,
+                amount=record.amount,
+            )
+        )
+
+    async def _watch_deadlines(self) -> None:
+        while True:
+            if not self._deadlines:
+                self._deadline_wake = anyio.Event()
+                await self._deadline_wake.wait()
+                continue
+            due, index = self._deadlines[0]
+            now = time.monotonic()
+            if due > now:
+                self._deadline_wake = anyio.Event()
+                with anyio.move_on_after(due - now):
+                    await self._deadline_wake.wait()
+                continue
+            heapq.heappop(self._deadlines)
+            record = self._waiting.pop(index, None)
+            if record is None or record.is_terminal:
+                continue
+            self._emit(
+                Outcome(
+                    index=index,
+                    request=record.request,
+                    job_id=record.id,
+                    error=self._engine.time_out(record, self._timeout),
+                    amount=record.amount,
+                )
+            )
+            if not self._deadlines and not self._feeding and self._outstanding == 0:
+                return
+
+    def _emit(self, outcome: Outcome) -> None:
+        self._outstanding -= 1
+        try:
+            self._send.send_nowait(outcome)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return  # the consumer is gone; the job stays in the table
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._feeding and self._outstanding == 0:
+            self._send.close()
+            self._cancel.cancel()

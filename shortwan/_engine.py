@@ -1,0 +1,246 @@
+"""The engine: the job table, the poller and the task group that owns all background work.
+
+The task group lives in one background task started on first use, so a client works the same
+whether it is used with ``async with`` or closed by hand; ``aclose`` cancels that task group and
+leaves no task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._config import PollPolicy
+from ._convert import request_args, snapshot_from_data
+from ._errors import (
+    JobDetachedError,
+    JobTimeoutError,
+    MalformedResponseError,
+    ShortWanError,
+    SubmissionUncertainError,
+)
+from ._http import Transport
+from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
+from ._poller import Poller, QueryBudget
+from ._table import JobRecord, JobState, JobTable, state_for
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("shortwan")
+
+
+class Engine:
+    """Creates, tracks and waits for jobs. One per client."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        poll: PollPolicy,
+        max_finished: int | None,
+        query_budget: QueryBudget | None = None,
+    ) -> None:
+        self.transport = transport
+        self.poll = poll
+        self.table = JobTable(max_finished=max_finished)
+        self._query_budget = query_budget
+        self._poller: Poller | None = None
+        self._task_group: TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._started: asyncio.Event | None = None
+
+    @property
+    def poller(self) -> Poller:
+        """The shared poller, created inside the running loop on first use."""
+        if self._poller is None:
+            self._poller = Poller(
+                table=self.table, query=self.query, policy=self.poll, budget=self._query_budget
+            )
+        return self._poller
+
+    def _ensure_running(self) -> None:
+        if self._runner is None:
+            self.transport.session()  # refuses a closed client or a foreign loop, before any task
+            self._started = asyncio.Event()
+            self._runner = asyncio.get_running_loop().create_task(
+                self._run(), name="shortwan-engine"
+            )
+
+    async def _run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            assert self._started is not None  # noqa: S101 - set with the runner
+            self._started.set()
+            tg.start_soon(self.poller.run, tg, name="shortwan-poller")
+            await anyio.sleep_forever()
+
+    async def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``func(*args)`` in the engine's task group; it ends when the client closes."""
+        self._ensure_running()
+        assert self._started is not None  # noqa: S101 - set with the runner
+        await self._started.wait()
+        assert self._task_group is not None  # noqa: S101 - set before _started
+        self._task_group.start_soon(func)
+
+    async def aclose(self) -> None:
+        """Stop all background work; jobs still running are detached and listed in the log."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+            else:
+                runner.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({runner})
+            if not runner.cancelled() and runner.exception() is not None:
+                logger.error("the engine stopped with an error", exc_info=runner.exception())
+            self._task_group = None
+        pending = self.table.pending()
+        if pending:
+            ids = ", ".join(r.id for r in pending[:20])
+            more = f" and {len(pending) - 20} more" if len(pending) > 20 else ""
+            logger.warning(
+                "closing with %d jobs not finished; they go on remotely, collect them with "
+                "attach(): %s%s",
+                len(pending),
+                ids,
+                more,
+                extra={"job_ids": [r.id for r in pending]},
+            )
+            for record in pending:
+                self.table.detach(record)
+        self.table.close()
+
+    async def query(self, job_id: str) -> JobSnapshot:
+        """Send one query and read the answer into a snapshot of ``job_id``."""
+        data = await self.transport.query(job_id)
+        try:
+            snapshot = snapshot_from_data(data, job_id=job_id)
+        except MalformedResponseError as exc:
+            exc.job_id = job_id
+            raise
+        if snapshot.id != job_id:
+            # Never let an answer about another job stand in for this one.
+            raise MalformedResponseError(
+                f"asked for job {job_id}, the answer is about job {snapshot.id}",
+                job_id=job_id,
+                paths=["data.id"],
+            )
+        if snapshot.status is JobStatus.UNKNOWN:
+            logger.warning(
+                "job %s reports unknown status %d",
+                job_id,
+                snapshot.raw_status,
+                extra={"job_id": job_id, "raw_status": snapshot.raw_status},
+            )
+        return snapshot
+
+    async def create(self, request: ImageToVideo, *, track: bool = True) -> JobRecord:
+        """Create a job and put it in the table before anything else can fail.
+
+        The create runs shielded from cancellation: a cancelled caller must not lose the id of a
+        job that was already paid for. Its own timeouts still bound it.
+        """
+        self._ensure_running()
+        with anyio.CancelScope(shield=True):
+            try:
+                created = await self.transport.create(request.model, request_args(request))
+            except SubmissionUncertainError as exc:
+                exc.request = request
+                self.table.note_uncertain()
+                logger.warning("create outcome unknown, not resubmitted: %s", exc)
+                raise
+            record = self.table.add(
+                JobRecord(
+                    id=created.job_id,
+                    request=request,
+                    amount=created.amount,
+                    state=JobState.QUEUED,
+                )
+            )
+        logger.info(
+            "job %s created, charged %s",
+            record.id,
+            record.amount,
+            extra={"job_id": record.id, "amount": str(record.amount)},
+        )
+        if track:
+            self.poller.track(record)
+        return record
+
+    def attach(self, job_id: str) -> JobRecord:
+        """Track a job created elsewhere; it is asked about at once."""
+        self._ensure_running()
+        record = self.table.get(job_id)
+        if record is None:
+            record = self.table.add(
+                JobRecord(id=job_id, request=None, amount=None, state=JobState.QUEUED)
+            )
+        elif record.state is JobState.DETACHED:
+            self.table.resume(record, JobState.QUEUED)
+        else:
+            return record
+        self.poller.track(record)
+        return record
+
+    def job(self, record: JobRecord) -> Job:
+        """Return the public handle of ``record``."""
+        return Job(id=record.id, amount=record.amount, request=record.request, tracker=self)
+
+    def status_of(self, job_id: str) -> JobStatus:
+        """Return the last status seen for ``job_id``."""
+        record = self.table.get(job_id)
+        if record is None or record.raw_status < 0:
+            return JobStatus.QUEUED
+        return JobStatus.from_raw(record.raw_status)
+
+    async def wait_for(self, job_id: str, timeout: float | None) -> Video:
+        """Wait for ``job_id`` and return its video (or raise why there is none)."""
+        record = self.table.get(job_id)
+        if record is None or record.state is JobState.DETACHED:
+            record = self.attach(job_id)
+        return await self.wait(record, timeout)
+
+    async def wait(self, record: JobRecord, timeout: float | None) -> Video:
+        """Wait for ``record`` to end; a timeout leaves it tracked and collectable."""
+        if record.state is JobState.TIMED_OUT:
+            back = state_for(record.snapshot) if record.snapshot else JobState.QUEUED
+            self.table.resume(record, back)
+        try:
+            with anyio.fail_after(timeout):
+                await record.wait_done()
+        except TimeoutError:
+            if not record.is_terminal:
+                raise self.time_out(record, timeout) from None
+        return self.result_of(record)
+
+    def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError:
+        """Mark a wait on ``record`` as timed out locally and return the error that says so."""
+        self.table.transition(record, JobState.TIMED_OUT)
+        last = (
+            JobStatus.from_raw(record.raw_status).name.lower() if record.raw_status >= 0 else None
+        )
+        return JobTimeoutError(
+            f"job {record.id} did not finish within {timeout} s (last status: "
+            f"{last or 'not yet queried'}); it goes on remotely: await it again or attach it",
+            job_id=record.id,
+            last_status=last,
+        )
+
+    def result_of(self, record: JobRecord) -> Video:
+        """Return the video of a finished record, or raise why there is none."""
+        if record.state is JobState.DETACHED:
+            raise JobDetachedError(
+                f"the client was closed before job {record.id} ended; attach it to collect it",
+                job_id=record.id,
+            )
+        if record.video is not None:
+            return record.video
+        error = record.error or ShortWanError(f"job {record.id} ended without a video")
+        error.job_id = error.job_id or record.id
+        raise error

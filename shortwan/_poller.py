@@ -1,0 +1,270 @@
+"""The shared poller: one loop per client for every job, a heap of due times, a global query rate.
+
+Each job is first asked about when it is expected to be done (learned from the jobs seen finishing),
+then at gaps that grow with its age. The loop never sleeps per job: memory per waiting job is its
+record and one heap entry.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._config import PollPolicy
+from ._errors import APIError, JobFailedError, MalformedResponseError, ShortWanError
+from ._models import ImageToVideo, JobSnapshot
+from ._table import JobRecord, JobState, JobTable, state_for
+
+__all__ = ["DurationModel", "Poller", "QueryBudget", "RateLimiter"]
+
+logger = logging.getLogger("shortwan")
+
+# A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
+_MAX_FINAL_ERRORS = 3
+
+
+class QueryBudget(Protocol):
+    """Grants permission to send one query; shared by every job of a client (or of many)."""
+
+    async def acquire(self) -> None:
+        """Return when one more query may be sent."""
+
+
+class RateLimiter:
+    """An in-memory :class:`QueryBudget`: at most ``rate`` queries a second, evenly spaced."""
+
+    def __init__(self, rate: float) -> None:
+        self._gap = 1.0 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self._gap
+        if slot > now:
+            await anyio.sleep(slot - now)
+
+
+class DurationModel:
+    """Learns how long jobs run: seconds per "unit", a unit being one second of 720p video.
+
+    The estimate is a moving average in log space, fed by every finished job: the service's own
+    timestamps when it gives ISO-8601 ones, else the middle of the last gap between queries.
+    """
+
+    def __init__(self, policy: PollPolicy) -> None:
+        self._policy = policy
+        self._log_estimate = math.log(policy.prior_seconds_per_video_second)
+        self.samples = 0
+
+    def units(self, request: ImageToVideo | None) -> float:
+        if request is None:
+            return 0.0
+        factor = self._policy.resolution_factor if request.resolution == "1080p" else 1.0
+        return request.duration * factor
+
+    def expected(self, request: ImageToVideo | None) -> float:
+        """Return the expected running time of a job, in seconds (0 when nothing is known)."""
+        return math.exp(self._log_estimate) * self.units(request)
+
+    def observe(self, record: JobRecord, now: float) -> None:
+        units = self.units(record.request)
+        if units <= 0:
+            return
+        took = _server_duration(record.snapshot)
+        elapsed = now - record.submitted_at
+        if took is None or not 0 < took <= elapsed + 1.0:
+            if record.last_pending_query_at is not None:
+                took = (record.last_pending_query_at + now) / 2 - record.submitted_at
+            else:
+                # Done at its first query: it ran for less than we waited. Lean early, so the next
+                # first queries come sooner and see jobs still running.
+                took = elapsed * 0.6
+        if took <= 0:
+            return
+        weight = 0.5 if self.samples < 4 else 0.1
+        self._log_estimate += weight * (math.log(took / units) - self._log_estimate)
+        self.samples += 1
+
+
+def _server_duration(snapshot: JobSnapshot | None) -> float | None:
+    if snapshot is None:
+        return None
+    created, finished = snapshot.created, snapshot.finished
+    if created is None or finished is None:
+        return None
+    if (created.tzinfo is None) != (finished.tzinfo is None):
+        return None
+    return (finished - created).total_seconds()
+
+
+Query = Callable[[str], Awaitable[JobSnapshot]]
+
+
+class Poller:
+    """Asks the service about every tracked job that is not finished, on one shared schedule."""
+
+    def __init__(
+        self,
+        *,
+        table: JobTable,
+        query: Query,
+        policy: PollPolicy,
+        budget: QueryBudget | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.table = table
+        self.policy = policy
+        self.model = DurationModel(policy)
+        self._query = query
+        self._budget = budget or RateLimiter(policy.max_queries_per_second)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._heap: list[tuple[float, int, JobRecord]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        self._slots = anyio.Semaphore(policy.max_concurrent_queries)
+        self.queries_sent = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, record: JobRecord, delay: float) -> None:
+        """Ask about ``record`` in ``delay`` seconds (sooner than already planned, never later)."""
+        due = time.monotonic() + max(delay, 0.0)
+        if record.querying or due >= record.due:
+            return
+        record.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), record))
+        if self._heap[0][2] is record:
+            self._wake.set()
+
+    def track(self, record: JobRecord) -> None:
+        """Start polling a new job: first when it is expected to be done."""
+        if record.callback:
+            delay = self.policy.callback_interval
+        elif record.request is None:
+            delay = 0.0  # attached by id: we know nothing, ask now
+        else:
+            expected = self.model.expected(record.request)
+            delay = max(self.policy.min_interval, self.policy.first_query_fraction * expected)
+        self.schedule(record, delay)
+
+    def _next_gap(self, record: JobRecord, now: float) -> float:
+        policy = self.policy
+        if record.callback:
+            return policy.callback_interval
+        age = now - record.submitted_at
+        gap = min(policy.max_interval, max(policy.min_interval, policy.growth * age))
+        if policy.jitter:
+            gap *= 1.0 + policy.jitter * (2.0 * self._rng.random() - 1.0)
+        return max(gap, 0.0)
+
+    async def run(self, task_group: TaskGroup) -> None:
+        """Send queries as they fall due, forever; cancel the surrounding scope to stop."""
+        heap = self._heap
+        while True:
+            if not heap:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            due, _seq, record = heap[0]
+            now = time.monotonic()
+            if due > now:
+                self._wake = anyio.Event()
+                with anyio.move_on_after(due - now):
+                    await self._wake.wait()
+                continue
+            heapq.heappop(heap)
+            if due != record.due or record.is_terminal or record.state is JobState.DETACHED:
+                continue  # superseded by an earlier entry, or nothing left to ask
+            record.due = math.inf
+            await self._budget.acquire()
+            await self._slots.acquire()
+            record.querying = True
+            task_group.start_soon(self._ask, record)
+
+    async def _ask(self, record: JobRecord) -> None:
+        try:
+            snapshot = await self._query(record.id)
+        except ShortWanError as exc:
+            self._failed_query(record, exc)
+            return
+        except Exception:  # a bug must not stop the poller for every other job
+            logger.exception("query of job %s crashed", record.id, extra={"job_id": record.id})
+            record.querying = False
+            self.schedule(record, self.policy.max_interval)
+            return
+        finally:
+            self._slots.release()
+        self.queries_sent += 1
+        self.apply(record, snapshot)
+
+    def _failed_query(self, record: JobRecord, exc: ShortWanError) -> None:
+        record.querying = False
+        now = time.monotonic()
+        final = isinstance(exc, APIError | MalformedResponseError)
+        record.final_errors = record.final_errors + 1 if final else 0
+        if final and record.final_errors >= _MAX_FINAL_ERRORS:
+            logger.error(
+                "job %s: giving up after %d refused queries: %s",
+                record.id,
+                record.final_errors,
+                exc,
+                extra={"job_id": record.id},
+            )
+            record.error = exc
+            self.table.transition(record, JobState.FAILED)
+            return
+        logger.warning(
+            "query of job %s failed, will ask again: %s",
+            record.id,
+            exc,
+            extra={"job_id": record.id},
+        )
+        self.schedule(record, self._next_gap(record, now))
+
+    def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
+        """Record what the service said about ``record`` and plan the next query if needed."""
+        now = time.monotonic()
+        record.querying = False
+        record.queries += 1
+        record.final_errors = 0
+        record.last_query_at = now
+        record.snapshot = snapshot
+        record.raw_status = snapshot.raw_status
+        if snapshot.credit is not None and record.amount is None:
+            record.amount = snapshot.credit
+        state = state_for(snapshot)
+        if state is JobState.SUCCEEDED:
+            video = snapshot.video
+            if video is None:
+                record.error = MalformedResponseError(
+                    "the job succeeded but its answer carries no video URL", job_id=record.id
+                )
+                state = JobState.FAILED
+            else:
+                record.video = video
+        elif state is JobState.FAILED:
+            record.error = JobFailedError(
+                record.id,
+                snapshot.error,
+                refunded=snapshot.refunded,
+                status=snapshot.raw_status,
+            )
+        if state.is_terminal:
+            self.model.observe(record, now)
+            self.table.transition(record, state)
+            return
+        record.last_pending_query_at = now
+        if record.state is not JobState.TIMED_OUT:
+            self.table.transition(record, state)
+        self.schedule(record, self._next_gap(record, now))
