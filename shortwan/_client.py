@@ -8,11 +8,13 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
 
 from ._batch import Batch, RequestSource, SpendBudget, SpendCounter
 from ._config import (
@@ -25,8 +27,9 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
+from ._download import Downloader, resolve_dest, safe_name
 from ._engine import Engine
-from ._errors import ConfigurationError, InvalidRequestError
+from ._errors import ConfigurationError, DownloadError, InvalidRequestError
 from ._http import Transport
 from ._models import DEFAULT_JOB_TIMEOUT, ImageToVideo, Job, JobSnapshot, Outcome, Video
 from ._poller import QueryBudget
@@ -125,6 +128,12 @@ class AsyncShortWan:
         )
         self._engine = Engine(
             self._transport, poll=poll, max_finished=max_finished_jobs, query_budget=query_budget
+        )
+        self._downloader = Downloader(
+            session=self._transport.session,
+            timeouts=timeouts,
+            retry=retry,
+            max_concurrent=limits.max_downloads,
         )
         self._state = _State.UNOPENED
 
@@ -310,3 +319,51 @@ class AsyncShortWan:
         ]
         outcomes.sort(key=lambda o: o.index)
         return outcomes
+
+    async def download(
+        self,
+        target: Video | Job | str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        timeout: float | None = DEFAULT_JOB_TIMEOUT,
+    ) -> Path:
+        """Download a video to ``dest`` and return the path written.
+
+        The file is streamed to ``<dest>.part``, resumed after interruptions, checked against its
+        announced length, fsynced and renamed into place: ``dest`` either holds the whole video or
+        does not exist. No credentials are sent to the file's host. An expired URL is refreshed
+        once by asking the service about the job again.
+
+        Args:
+            target: a :class:`Video`, a :class:`Job` (awaited first, up to ``timeout``) or a URL.
+            dest: a file path, or an existing folder (the file is then named after the job id).
+            overwrite: replace an existing file at the final path.
+            timeout: how long to wait for a :class:`Job` to finish.
+
+        Raises:
+            DownloadError: the file could not be fetched (the error names the job).
+            JobFailedError, JobTimeoutError: a :class:`Job` given as ``target`` did not succeed.
+        """
+        self._check_open()
+        if isinstance(target, Job):
+            target = await target.result(timeout=timeout)
+        if isinstance(target, Video):
+            url, job_id = target.url, target.job_id
+        elif isinstance(target, str):
+            url, job_id = target, None
+        else:
+            raise DownloadError(f"cannot download a {type(target).__name__}")
+        name = safe_name(job_id or Path(url.split("?", 1)[0]).stem or "video")
+        path = await anyio.to_thread.run_sync(resolve_dest, dest, name)
+
+        async def refresh() -> str | None:
+            if job_id is None:
+                return None
+            snapshot = await self._engine.query(job_id)
+            video = snapshot.video
+            return video.url if video is not None else None
+
+        return await self._downloader.fetch(
+            url, path, job_id=job_id, overwrite=overwrite, refresh=refresh
+        )

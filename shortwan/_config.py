@@ -103,11 +103,14 @@ class Limits:
         max_connections: connections open at once, all hosts together.
         max_connections_per_host: connections open at once to one host.
         keepalive: seconds an idle connection is kept for reuse.
+        max_downloads: result files downloaded at once (kept apart from API requests, so large
+            files never starve status queries).
     """
 
     max_connections: int = 100
     max_connections_per_host: int = 64
     keepalive: float = attrs.field(default=15.0, validator=_positive)
+    max_downloads: int = 4
 
 
 DEFAULT_LIMITS: Final = Limits()
