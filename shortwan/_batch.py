@@ -165,6 +165,7 @@ class Batch:
             )
         self._waiting.clear()
         self._send.close()
+        self.receive.close()
 
     async def run(self) -> None:
         """Feed, send and time out requests until every outcome is delivered or :meth:`stop`."""

@@ -288,8 +288,8 @@ class AsyncShortWan:
         batch = Batch(
             self._engine, requests, concurrency=concurrency, budget=budget, timeout=timeout
         )
-        await self._engine.spawn(batch.run)
         try:
+            await self._engine.spawn(batch.run)
             async with batch.receive:
                 async for outcome in batch.receive:
                     batch.release_slot()

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._config import PollPolicy
 from ._convert import request_args, snapshot_from_data
@@ -163,14 +164,16 @@ class Engine:
                     state=JobState.QUEUED,
                 )
             )
+        if track:
+            self.poller.track(record)
+        # A caller cancelled during the shielded create learns of it now; the job stays tracked.
+        await checkpoint_if_cancelled()
         logger.info(
             "job %s created, charged %s",
             record.id,
             record.amount,
             extra={"job_id": record.id, "amount": str(record.amount)},
         )
-        if track:
-            self.poller.track(record)
         return record
 
     def attach(self, job_id: str) -> JobRecord:

@@ -1,0 +1,35 @@
+"""Test helpers for code that uses shortwan: a local fake of the service and test switches.
+
+``FakeShortAPI`` serves the ShortAPI job protocol on 127.0.0.1 with knobs for job timing, failures,
+faults, rate limits and callbacks; ``set_testing(True)`` makes retries skip their waits.
+"""
+
+from shortwan._config import PollPolicy, set_testing
+
+from ._fake import DEFAULT_API_KEY, FakeJob, FakeShortAPI, FakeStats, Fault, JobPlan
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "FakeJob",
+    "FakeShortAPI",
+    "FakeStats",
+    "Fault",
+    "JobPlan",
+    "fast_poll",
+    "set_testing",
+]
+
+
+def fast_poll() -> PollPolicy:
+    """Return a poll policy for the fake's time scale: jobs of seconds, queries 50 ms apart.
+
+    The production defaults expect jobs of minutes and would wait a minute before the first
+    query; use this with :class:`FakeShortAPI` in tests and demos.
+    """
+    return PollPolicy(
+        min_interval=0.05,
+        max_interval=0.5,
+        prior_seconds_per_video_second=0.05,
+        max_queries_per_second=500,
+        max_concurrent_queries=32,
+    )

@@ -1,0 +1,385 @@
+"""The client against FakeShortAPI: submits, queries, retries, and the create-safety rules."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from shortwan import (
+    AsyncShortWan,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ImageToVideo,
+    InsufficientBalanceError,
+    InvalidRequestError,
+    JobStatus,
+    MalformedResponseError,
+    RateLimitError,
+    RetryPolicy,
+    ServiceUnavailableError,
+    ShortWanError,
+    SubmissionUncertainError,
+    Timeouts,
+    TransportError,
+)
+from shortwan.testing import FakeShortAPI, Fault, set_testing
+
+URL = "https://example.com/frame.png"
+FAST = Timeouts(connect=2.0, pool=2.0, read=0.5, request=2.0)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeShortAPI]:
+    async with FakeShortAPI(slow_delay=3.0) as server:
+        yield server
+
+
+def client_for(fake: FakeShortAPI, **kwargs: object) -> AsyncShortWan:
+    kwargs.setdefault("timeouts", FAST)
+    return AsyncShortWan(fake.api_key, base_url=fake.url, **kwargs)  # type: ignore[arg-type]
+
+
+def req(prompt: str = "a fox", **kwargs: object) -> ImageToVideo:
+    return ImageToVideo(prompt=prompt, first_frame_image=URL, **kwargs)  # type: ignore[arg-type]
+
+
+class TestConfiguration:
+    def test_key_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without api_key the SHORTAPI_KEY variable is used."""
+        monkeypatch.setenv("SHORTAPI_KEY", "ak-from-env")
+        assert AsyncShortWan()._transport._auth["Authorization"] == "Bearer ak-from-env"
+
+    def test_no_key_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No key anywhere raises ConfigurationError naming the variable."""
+        monkeypatch.delenv("SHORTAPI_KEY", raising=False)
+        with pytest.raises(ConfigurationError, match="SHORTAPI_KEY"):
+            AsyncShortWan()
+
+    @pytest.mark.parametrize("key", ["ak-1\r\nX-Evil: 1", "ak 1", "ak-\x00"])
+    def test_key_with_control_characters_refused_without_echo(self, key: str) -> None:
+        """A key that would split a header is refused, and the error does not repeat it."""
+        with pytest.raises(ConfigurationError) as info:
+            AsyncShortWan(key)
+        assert key not in str(info.value)
+
+    @pytest.mark.parametrize("url", ["ftp://x", "api.shortapi.ai", "https://", "http://h/?q=1"])
+    def test_bad_base_url_refused(self, url: str) -> None:
+        """A base URL that is not http(s) with a host is refused at construction."""
+        with pytest.raises(ConfigurationError):
+            AsyncShortWan("ak-x", base_url=url)
+
+    def test_key_never_in_repr(self) -> None:
+        """The client's repr shows the host, never the key."""
+        client = AsyncShortWan("ak-0123456789abcdef0123456789abcdef")
+        assert "0123456789abcdef" not in repr(client)
+        assert "0123456789abcdef" not in repr(client._transport)
+
+
+class TestLifecycle:
+    @pytest.mark.anyio
+    async def test_use_after_close_raises(self, fake: FakeShortAPI) -> None:
+        """A closed client refuses every call with RuntimeError."""
+        client = client_for(fake)
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.submit(req())
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.get_job("abc")
+        with pytest.raises(RuntimeError, match="reopened"):
+            async with client:
+                pass
+
+    @pytest.mark.anyio
+    async def test_aclose_is_idempotent(self, fake: FakeShortAPI) -> None:
+        """Closing twice is harmless."""
+        client = client_for(fake)
+        await client.submit(req())
+        await client.aclose()
+        await client.aclose()
+        assert client.is_closed
+
+    @pytest.mark.anyio
+    async def test_borrowed_session_is_not_closed(self, fake: FakeShortAPI) -> None:
+        """A session passed in stays open after the client closes."""
+        async with aiohttp.ClientSession() as session:
+            async with client_for(fake, session=session) as client:
+                job = await client.submit(req())
+                assert job.id
+            assert not session.closed
+
+
+class TestSubmitAndQuery:
+    @pytest.mark.anyio
+    async def test_submit_returns_job_with_decimal_amount(self, fake: FakeShortAPI) -> None:
+        """A create returns the job id and its charge as a Decimal."""
+        async with client_for(fake) as client:
+            job = await client.submit(req(duration=7))
+        assert job.amount == Decimal("0.595")
+        assert fake.stats.jobs_created == 1
+        assert job.id in fake.jobs
+
+    @pytest.mark.anyio
+    async def test_unset_args_are_not_sent(self, fake: FakeShortAPI) -> None:
+        """The fake, which forbids unknown and null fields, accepts every valid combination."""
+        combos = [
+            {"first_frame_image": URL},
+            {"first_frame_image": URL, "driving_audio_url": "https://e.com/a.mp3"},
+            {"first_frame_image": URL, "last_frame_image": URL},
+            {"first_frame_image": URL, "last_frame_image": URL,
+             "driving_audio_url": "https://e.com/a.wav"},
+            {"first_clip_video_url": "https://e.com/c.mp4"},
+            {"first_clip_video_url": "https://e.com/c.mp4", "last_frame_image": URL},
+        ]
+        async with client_for(fake) as client:
+            for args in combos:
+                await client.submit(ImageToVideo(**args))  # type: ignore[arg-type]
+        assert fake.stats.jobs_created == len(combos)
+        assert fake.stats.creates_rejected == 0
+
+    @pytest.mark.anyio
+    async def test_get_job_reads_a_finished_job(self, fake: FakeShortAPI) -> None:
+        """A query of a finished job gives its status, video URL and credit."""
+        async with client_for(fake) as client:
+            job = await client.submit(req())
+            snap = await client.get_job(job.id)
+        assert snap.status is JobStatus.SUCCEEDED
+        assert snap.video is not None
+        assert snap.video.url.startswith(fake.url)
+        assert snap.credit == Decimal("0.425")
+
+    @pytest.mark.anyio
+    async def test_invalid_request_never_reaches_server(self, fake: FakeShortAPI) -> None:
+        """A request breaking a rule fails locally; the fake sees nothing."""
+        async with client_for(fake) as client:
+            with pytest.raises(InvalidRequestError):
+                await client.submit(ImageToVideo(duration=99))  # type: ignore[call-arg]
+            with pytest.raises(InvalidRequestError):
+                await client.submit({"prompt": "x"})  # type: ignore[arg-type]
+            with pytest.raises(InvalidRequestError):
+                await client.get_job("")
+        assert fake.stats.creates_received == 0
+        assert fake.stats.queries == 0
+
+    @pytest.mark.anyio
+    async def test_wrong_key_is_authentication_error(self, fake: FakeShortAPI) -> None:
+        """A refused key raises AuthenticationError and is not retried."""
+        async with AsyncShortWan("ak-wrong", base_url=fake.url) as client:
+            with pytest.raises(AuthenticationError) as info:
+                await client.submit(req())
+        assert info.value.status == 401
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_low_balance_is_insufficient_balance(self) -> None:
+        """A create the balance cannot pay raises InsufficientBalanceError; no job exists."""
+        async with FakeShortAPI(balance=Decimal("0.5")) as fake, client_for(fake) as client:
+            await client.submit(req())
+            with pytest.raises(InsufficientBalanceError):
+                await client.submit(req("second"))
+        assert fake.stats.jobs_created == 1
+
+    @pytest.mark.anyio
+    async def test_unknown_job_is_bad_request_or_api_error(self, fake: FakeShortAPI) -> None:
+        """Querying an unknown id raises an APIError naming the job."""
+        async with client_for(fake) as client:
+            with pytest.raises(ShortWanError) as info:
+                await client.get_job("ffffffffffffffffffffffff")
+        assert info.value.job_id == "ffffffffffffffffffffffff"
+        assert not isinstance(info.value, BadRequestError | TransportError)
+
+
+class TestCreateSafety:
+    """For each fault a create can meet: no prompt gets two jobs, and no created job goes unseen."""
+
+    RETRIED = [Fault.RATE_LIMIT, Fault.UNAVAILABLE, Fault.CODE_3000]
+    AMBIGUOUS = [
+        Fault.RESET_BEFORE,
+        Fault.RESET_AFTER,
+        Fault.SLOW_AFTER,
+        Fault.HTML_502,
+        Fault.TRUNCATED_JSON,
+    ]
+
+    @pytest.mark.parametrize("fault", RETRIED)
+    @pytest.mark.anyio
+    async def test_provably_uncreated_is_retried(self, fake: FakeShortAPI, fault: Fault) -> None:
+        """429, 503 and code 3000 prove no job was made: the create is sent again, once more."""
+        fake.script("create", [fault])
+        async with client_for(fake) as client:
+            job = await client.submit(req())
+        assert fake.stats.creates_received == 2
+        assert fake.stats.jobs_created == 1
+        assert list(fake.jobs) == [job.id]
+
+    @pytest.mark.parametrize("fault", AMBIGUOUS)
+    @pytest.mark.anyio
+    async def test_ambiguous_create_is_not_resubmitted(
+        self, fake: FakeShortAPI, fault: Fault
+    ) -> None:
+        """After an answer that may hide a created job, nothing is resent and the caller is told."""
+        fake.script("create", [fault])
+        async with client_for(fake) as client:
+            with pytest.raises(SubmissionUncertainError) as info:
+                await client.submit(req())
+            known = len(client.jobs)
+            uncertain = client.jobs.uncertain
+        assert info.value.request == req()
+        assert fake.stats.creates_received == 1
+        assert known == 0
+        assert uncertain == 1
+        assert fake.stats.jobs_created <= known + uncertain
+        assert max(fake.stats.jobs_by_prompt.values(), default=0) <= 1
+
+    @pytest.mark.parametrize("fault", AMBIGUOUS)
+    @pytest.mark.anyio
+    async def test_opt_in_retries_ambiguous_creates(
+        self, fake: FakeShortAPI, fault: Fault
+    ) -> None:
+        """With retry_uncertain_creates the create is sent again and succeeds."""
+        fake.script("create", [fault])
+        policy = RetryPolicy(retry_uncertain_creates=True)
+        async with client_for(fake, retry=policy) as client:
+            job = await client.submit(req())
+            assert job.id in client.jobs
+        assert fake.stats.creates_received == 2
+        assert job.id in fake.jobs
+
+    @pytest.mark.anyio
+    async def test_matrix_counts_balance(self, fake: FakeShortAPI) -> None:
+        """Over every fault kind in a row, jobs created equal jobs known plus those flagged."""
+        kinds = self.RETRIED + self.AMBIGUOUS
+        fake.script("create", kinds)
+        uncertain = 0
+        async with client_for(fake) as client:
+            for i in range(len(kinds)):
+                try:
+                    await client.submit(req(f"prompt {i}"))
+                except SubmissionUncertainError:
+                    uncertain += 1
+            known = len(client.jobs)
+        created = fake.stats.jobs_created
+        assert known <= created <= known + uncertain
+        assert max(fake.stats.jobs_by_prompt.values()) == 1
+
+    @pytest.mark.anyio
+    async def test_refused_connection_is_retried_then_transport_error(self) -> None:
+        """No connection proves no job: it is retried and ends as TransportError, not uncertain."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        policy = RetryPolicy(attempts=3)
+        async with AsyncShortWan("ak-x", base_url=f"http://127.0.0.1:{port}", retry=policy) as c:
+            with pytest.raises(TransportError) as info:
+                await c.submit(req())
+        assert not isinstance(info.value, SubmissionUncertainError)
+        assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
+
+    @pytest.mark.anyio
+    async def test_long_retry_after_raises_rate_limit_at_once(self) -> None:
+        """A Retry-After beyond max_retry_after is not slept through: RateLimitError carries it."""
+        async with FakeShortAPI(retry_after="120") as fake, client_for(fake) as client:
+            fake.script("create", [Fault.RATE_LIMIT])
+            with pytest.raises(RateLimitError) as info:
+                await client.submit(req())
+        assert info.value.retry_after == 120
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_persistent_3000_ends_as_service_unavailable(self, fake: FakeShortAPI) -> None:
+        """A model that stays unavailable raises ServiceUnavailableError after the attempts."""
+        fake.script("create", [Fault.CODE_3000] * 3)
+        async with client_for(fake, retry=RetryPolicy(attempts=3)) as client:
+            with pytest.raises(ServiceUnavailableError) as info:
+                await client.submit(req())
+        assert info.value.code == 3000
+        assert fake.stats.jobs_created == 0
+
+
+class TestQueryFaults:
+    @pytest.mark.parametrize(
+        "fault",
+        [
+            Fault.RATE_LIMIT,
+            Fault.UNAVAILABLE,
+            Fault.CODE_3000,
+            Fault.RESET_BEFORE,
+            Fault.HTML_502,
+            Fault.TRUNCATED_JSON,
+            Fault.SLOW_AFTER,
+        ],
+    )
+    @pytest.mark.anyio
+    async def test_queries_retry_every_transient_fault(
+        self, fake: FakeShortAPI, fault: Fault
+    ) -> None:
+        """A query is harmless to repeat, so every transient fault is retried to success."""
+        async with client_for(fake) as client:
+            job = await client.submit(req())
+            fake.script("query", [fault, fault])
+            snap = await client.get_job(job.id)
+        assert snap.status is JobStatus.SUCCEEDED
+
+    @pytest.mark.anyio
+    async def test_html_after_retries_is_malformed_response(self, fake: FakeShortAPI) -> None:
+        """When every attempt gets an HTML page the error is typed and quotes the page."""
+        async with client_for(fake, retry=RetryPolicy(attempts=2)) as client:
+            job = await client.submit(req())
+            fake.script("query", [Fault.HTML_502, Fault.HTML_502])
+            with pytest.raises(ShortWanError) as info:
+                await client.get_job(job.id)
+        assert info.value.job_id == job.id
+        assert "html" in str(getattr(info.value, "body", "")).lower()
+
+    @pytest.mark.parametrize("shape", ["videos", "images", "url", "video_url"])
+    @pytest.mark.anyio
+    async def test_every_result_shape_gives_the_url(self, shape: str) -> None:
+        """videos, images, url and video_url answers all yield the video URL."""
+        async with FakeShortAPI(result_shape=shape) as fake, client_for(fake) as client:  # type: ignore[arg-type]
+            job = await client.submit(req())
+            snap = await client.get_job(job.id)
+        assert snap.video is not None
+        assert snap.video.url.startswith("http")
+
+    @pytest.mark.anyio
+    async def test_extra_fields_are_ignored(self) -> None:
+        """Unknown keys in the envelope, data and result change nothing."""
+        async with FakeShortAPI(extra_fields=True) as fake, client_for(fake) as client:
+            job = await client.submit(req())
+            snap = await client.get_job(job.id)
+        assert snap.succeeded
+
+    @pytest.mark.anyio
+    async def test_unknown_status_is_kept_raw_and_terminal(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A status number the SDK does not know is UNKNOWN, kept raw, logged, and terminal."""
+        async with FakeShortAPI(unknown_status=7) as fake, client_for(fake) as client:
+            job = await client.submit(req())
+            with caplog.at_level(logging.WARNING, logger="shortwan"):
+                snap = await client.get_job(job.id)
+        assert snap.status is JobStatus.UNKNOWN
+        assert snap.raw_status == 7
+        assert snap.failed
+        assert any(job.id in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.anyio
+    async def test_malformed_query_data_names_the_path(self) -> None:
+        """An answer whose status is not a number is a MalformedResponseError naming data.status."""
+        from shortwan._convert import snapshot_from_data
+
+        with pytest.raises(MalformedResponseError) as info:
+            snapshot_from_data({"id": "x", "status": "soon"})
+        assert any("data.status" in p for p in info.value.paths)
