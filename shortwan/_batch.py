@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
 
@@ -41,8 +41,8 @@ RequestSource: TypeAlias = (
     "Iterable[ImageToVideo | Mapping[str, Any]] | AsyncIterable[ImageToVideo | Mapping[str, Any]]"
 )
 
-# Creates are few and short next to the jobs themselves: a handful of senders keep the service busy
-# without holding one task per job.
+# Creates are few and short next to the jobs themselves: a handful of senders keep the service
+# busy without holding one task per job.
 _MAX_SENDERS = 32
 
 
@@ -96,15 +96,6 @@ class _Engine(Protocol):
     def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError: ...
 
 
-async def _items(source: RequestSource) -> AsyncIterator[RequestItem]:
-    if isinstance(source, AsyncIterable):
-        async for item in source:
-            yield item
-    else:
-        for item in source:
-            yield item
-
-
 class Batch:
     """One ``generate_many`` run. :meth:`run` goes in the engine's task group."""
 
@@ -127,7 +118,16 @@ class Batch:
         self._concurrency = concurrency
         self._budget = budget
         self._timeout = timeout
-        self._slots = anyio.Semaphore(concurrency)
+        self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
+        self._sync_items: Iterator[RequestItem] | None = None
+        self._async_items: AsyncIterator[RequestItem] | None = None
+        if isinstance(source, AsyncIterable):
+            self._async_items = aiter(source)
+        else:
+            self._sync_items = iter(source)
+        self._pull_lock = anyio.Lock(fast_acquire=True)
+        self._exhausted = False
+        self._next_index = 0
         # Every admitted item holds a slot until the consumer takes its outcome, so the buffer
         # can never be full when an outcome is pushed.
         self._send: MemoryObjectSendStream[Outcome]
@@ -168,51 +168,58 @@ class Batch:
         self.receive.close()
 
     async def run(self) -> None:
-        """Feed, send and time out requests until every outcome is delivered or :meth:`stop`."""
+        """Admit, send and time out requests until every outcome is delivered or :meth:`stop`."""
         try:
             with self._cancel:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
-                    work_send, work_receive = anyio.create_memory_object_stream[
-                        tuple[int, RequestItem]
-                    ]()
-                    for _ in range(min(self._concurrency, _MAX_SENDERS)):
-                        tg.start_soon(self._sender, work_receive.clone())
-                    work_receive.close()
                     tg.start_soon(self._watch_deadlines)
-                    async with work_send:
-                        await self._feed(work_send)
+                    async with anyio.create_task_group() as senders:
+                        for _ in range(min(self._concurrency, _MAX_SENDERS)):
+                            senders.start_soon(self._sender)
                     self._feeding = False
                     self._maybe_finish()
-        except Exception as exc:
-            # The input itself failed (a bad line in a user's generator): tell the consumer.
-            self.error = exc
-            self._send.close()
-
-    async def _feed(self, work_send: MemoryObjectSendStream[tuple[int, RequestItem]]) -> None:
-        index = 0
-        items = _items(self._source)
-        try:
-            while True:
-                await self._slots.acquire()
-                try:
-                    item = await items.__anext__()
-                except StopAsyncIteration:
-                    self._slots.release()
-                    return
-                self._outstanding += 1
-                await work_send.send((index, item))
-                index += 1
         finally:
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            if self._async_items is not None:
+                aclose = getattr(self._async_items, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
 
-    async def _sender(self, work: MemoryObjectReceiveStream[tuple[int, RequestItem]]) -> None:
-        async with work:
-            async for index, item in work:
-                await self._admit(index, item)
+    async def _sender(self) -> None:
+        # Each sender pulls the next request only once a slot is free, so the input is never
+        # read further ahead than the window allows.
+        while not self._exhausted:
+            await self._slots.acquire()
+            pulled = await self._next()
+            if pulled is None:
+                self._slots.release()
+                return
+            await self._admit(*pulled)
+
+    async def _next(self) -> tuple[int, RequestItem] | None:
+        try:
+            if self._sync_items is not None:
+                item = next(self._sync_items)
+            else:
+                assert self._async_items is not None  # noqa: S101 - one of the two is set
+                async with self._pull_lock:
+                    if self._exhausted:
+                        return None
+                    item = await self._async_items.__anext__()
+        except (StopIteration, StopAsyncIteration):
+            self._exhausted = True
+            return None
+        except Exception as exc:
+            # The input itself failed (a bad line in the caller's generator): requests already
+            # admitted still get their outcomes, then the consumer sees this error.
+            self._exhausted = True
+            self.error = exc
+            return None
+        index = self._next_index
+        self._next_index += 1
+        self._outstanding += 1
+        return index, item
 
     async def _admit(self, index: int, item: RequestItem) -> None:
         try:

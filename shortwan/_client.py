@@ -290,8 +290,19 @@ class AsyncShortWan:
         )
         try:
             await self._engine.spawn(batch.run)
-            async with batch.receive:
-                async for outcome in batch.receive:
+            receive = batch.receive
+            async with receive:
+                while True:
+                    # Take what is buffered without yielding to the loop; wait only when empty.
+                    try:
+                        outcome = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        try:
+                            outcome = await receive.receive()
+                        except anyio.EndOfStream:
+                            break
+                    except anyio.EndOfStream:
+                        break
                     batch.release_slot()
                     yield outcome
             if batch.error is not None:

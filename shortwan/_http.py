@@ -195,6 +195,7 @@ class Transport:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._auth: Final = {"Authorization": f"Bearer {api_key}"}
+        self._auth_json: Final = {**self._auth, "Content-Type": "application/json"}
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
         self.retry = retry
@@ -207,6 +208,7 @@ class Transport:
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
         # One 429 pauses every request of this client: no storm of refused requests.
         self._paused_until = 0.0
+        self._timeout: aiohttp.ClientTimeout | None = None
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -246,10 +248,18 @@ class Transport:
 
     def _attempt_timeout(self, remaining: float) -> aiohttp.ClientTimeout:
         t = self.timeouts
-        total = t.request if t.request is not None else math.inf
-        total = min(total, remaining)
+        cap = t.request if t.request is not None else math.inf
+        if remaining >= cap:
+            # The common case: the same object every time, not a new one per request.
+            if self._timeout is None:
+                self._timeout = self._client_timeout(cap)
+            return self._timeout
+        return self._client_timeout(max(remaining, 0.001))
+
+    def _client_timeout(self, total: float) -> aiohttp.ClientTimeout:
+        t = self.timeouts
         return aiohttp.ClientTimeout(
-            total=None if math.isinf(total) else max(total, 0.001),
+            total=None if math.isinf(total) else total,
             connect=t.pool + t.connect,
             sock_connect=t.connect,
             sock_read=t.read,
@@ -271,9 +281,7 @@ class Transport:
                 self.base_url + path,
                 params=params,
                 data=None if body is None else json.dumps(body, separators=(",", ":")),
-                headers={**self._auth, "Content-Type": "application/json"}
-                if body is not None
-                else self._auth,
+                headers=self._auth if body is None else self._auth_json,
                 timeout=self._attempt_timeout(remaining),
                 allow_redirects=False,
             ) as response:
@@ -302,7 +310,8 @@ class Transport:
         attempt = 0
         while True:
             attempt += 1
-            await self._wait_for_pause(deadline)
+            if self._paused_until > 0:
+                await self._wait_for_pause(deadline)
             remaining = deadline - time.monotonic()
             try:
                 return await self._attempt(

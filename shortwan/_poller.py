@@ -7,12 +7,14 @@ record and one heap entry.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -28,6 +30,8 @@ __all__ = ["DurationModel", "Poller", "QueryBudget", "RateLimiter"]
 
 logger = logging.getLogger("shortwan")
 
+# Jobs due this close together are asked about in one go: one wake-up for a burst.
+_SLACK = 0.005
 # A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
 _MAX_FINAL_ERRORS = 3
 
@@ -50,7 +54,8 @@ class RateLimiter:
         now = time.monotonic()
         slot = max(now, self._next)
         self._next = slot + self._gap
-        if slot > now:
+        # Waits shorter than a timer tick are not worth a trip through the event loop.
+        if slot - now > 0.0005:
             await anyio.sleep(slot - now)
 
 
@@ -130,8 +135,10 @@ class Poller:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
-        self._wake = anyio.Event()
-        self._slots = anyio.Semaphore(policy.max_concurrent_queries)
+        self._ready: deque[JobRecord] = deque()
+        self._idle: deque[asyncio.Future[JobRecord]] = deque()
+        # Created inside the loop by run(); schedule() before then only fills the heap.
+        self._wake: asyncio.Event | None = None
         self.queries_sent = 0
 
     def __len__(self) -> int:
@@ -139,12 +146,19 @@ class Poller:
 
     def schedule(self, record: JobRecord, delay: float) -> None:
         """Ask about ``record`` in ``delay`` seconds (sooner than already planned, never later)."""
+        if record.querying:
+            return
+        if delay <= _SLACK and self._wake is not None:
+            # Due now: straight to a worker, no trip through the heap and the loop.
+            record.due = math.inf
+            self._dispatch(record)
+            return
         due = time.monotonic() + max(delay, 0.0)
-        if record.querying or due >= record.due:
+        if due >= record.due:
             return
         record.due = due
         heapq.heappush(self._heap, (due, next(self._seq), record))
-        if self._heap[0][2] is record:
+        if self._heap[0][2] is record and self._wake is not None:
             self._wake.set()
 
     def track(self, record: JobRecord) -> None:
@@ -169,28 +183,59 @@ class Poller:
         return max(gap, 0.0)
 
     async def run(self, task_group: TaskGroup) -> None:
-        """Send queries as they fall due, forever; cancel the surrounding scope to stop."""
+        """Send queries as they fall due, until cancelled.
+
+        One loop sleeps until the earliest due time (or until an earlier one is scheduled) and
+        takes every job due by then, give or take ``_SLACK``, so a burst of jobs costs one wake-up.
+        ``max_concurrent_queries`` workers send the queries: a busy worker takes the next ready
+        job itself, an idle one is handed a job directly, so no worker wakes for nothing and no
+        task is created per query.
+        """
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for _ in range(self.policy.max_concurrent_queries):
+            task_group.start_soon(self._worker, name="shortwan-query")
         heap = self._heap
         while True:
+            horizon = time.monotonic() + _SLACK
+            while heap and heap[0][0] <= horizon:
+                due, _seq, record = heapq.heappop(heap)
+                if due != record.due or record.is_terminal or record.state is JobState.DETACHED:
+                    continue  # superseded by an earlier entry, or nothing left to ask
+                record.due = math.inf
+                self._dispatch(record)
+            self._wake.clear()
             if not heap:
-                self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            due, _seq, record = heap[0]
-            now = time.monotonic()
-            if due > now:
-                self._wake = anyio.Event()
-                with anyio.move_on_after(due - now):
-                    await self._wake.wait()
-                continue
-            heapq.heappop(heap)
-            if due != record.due or record.is_terminal or record.state is JobState.DETACHED:
-                continue  # superseded by an earlier entry, or nothing left to ask
-            record.due = math.inf
+            timer = loop.call_later(heap[0][0] - time.monotonic(), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+
+    def _dispatch(self, record: JobRecord) -> None:
+        record.querying = True
+        idle = self._idle
+        while idle:
+            handoff = idle.popleft()
+            if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
+                handoff.set_result(record)
+                return
+        self._ready.append(record)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready, idle = self._ready, self._idle
+        while True:
+            if ready:
+                record = ready.popleft()
+            else:
+                handoff: asyncio.Future[JobRecord] = loop.create_future()
+                idle.append(handoff)
+                record = await handoff
             await self._budget.acquire()
-            await self._slots.acquire()
-            record.querying = True
-            task_group.start_soon(self._ask, record)
+            await self._ask(record)
 
     async def _ask(self, record: JobRecord) -> None:
         try:
@@ -203,8 +248,6 @@ class Poller:
             record.querying = False
             self.schedule(record, self.policy.max_interval)
             return
-        finally:
-            self._slots.release()
         self.queries_sent += 1
         self.apply(record, snapshot)
 

@@ -179,7 +179,7 @@ class TestSpendBudget:
 
 class TestDurationModel:
     def test_prior_scales_with_duration_and_resolution(self) -> None:
-        """Before learning, a 1080p job is expected to take longer than a 720p one of equal length."""
+        """Before learning, a 1080p job is expected to run longer than an equal 720p one."""
         model = DurationModel(PollPolicy(prior_seconds_per_video_second=10, resolution_factor=2))
         short = ImageToVideo(first_frame_image=URL, duration=2, resolution="720p")
         long = ImageToVideo(first_frame_image=URL, duration=2, resolution="1080p")

@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import ClassVar
 
 import aiohttp
 import pytest
@@ -138,8 +139,11 @@ class TestSubmitAndQuery:
             {"first_frame_image": URL},
             {"first_frame_image": URL, "driving_audio_url": "https://e.com/a.mp3"},
             {"first_frame_image": URL, "last_frame_image": URL},
-            {"first_frame_image": URL, "last_frame_image": URL,
-             "driving_audio_url": "https://e.com/a.wav"},
+            {
+                "first_frame_image": URL,
+                "last_frame_image": URL,
+                "driving_audio_url": "https://e.com/a.wav",
+            },
             {"first_clip_video_url": "https://e.com/c.mp4"},
             {"first_clip_video_url": "https://e.com/c.mp4", "last_frame_image": URL},
         ]
@@ -204,8 +208,8 @@ class TestSubmitAndQuery:
 class TestCreateSafety:
     """For each fault a create can meet: no prompt gets two jobs, and no created job goes unseen."""
 
-    RETRIED = [Fault.RATE_LIMIT, Fault.UNAVAILABLE, Fault.CODE_3000]
-    AMBIGUOUS = [
+    RETRIED: ClassVar = [Fault.RATE_LIMIT, Fault.UNAVAILABLE, Fault.CODE_3000]
+    AMBIGUOUS: ClassVar = [
         Fault.RESET_BEFORE,
         Fault.RESET_AFTER,
         Fault.SLOW_AFTER,
@@ -245,9 +249,7 @@ class TestCreateSafety:
 
     @pytest.mark.parametrize("fault", AMBIGUOUS)
     @pytest.mark.anyio
-    async def test_opt_in_retries_ambiguous_creates(
-        self, fake: FakeShortAPI, fault: Fault
-    ) -> None:
+    async def test_opt_in_retries_ambiguous_creates(self, fake: FakeShortAPI, fault: Fault) -> None:
         """With retry_uncertain_creates the create is sent again and succeeds."""
         fake.script("create", [fault])
         policy = RetryPolicy(retry_uncertain_creates=True)
