@@ -8,9 +8,9 @@ or was cancelled) ends admission; jobs already created stay in the table, logged
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
@@ -138,7 +138,8 @@ class Batch:
         self._feeding = True
         self._cap_reached = False
         self._waiting: dict[int, JobRecord] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: deque[JobRecord] = deque()
+        self._on_done = self._finished
         self._deadline_wake = anyio.Event()
         self._task_group: TaskGroup | None = None
         self.error: BaseException | None = None
@@ -249,10 +250,14 @@ class Batch:
         if self._budget is not None:
             await self._budget.settle(cost, record.amount)
         self._waiting[index] = record
-        record.add_done_callback(lambda r: self._finished(index, request, r))
+        record.tag = index
+        # One bound method for every job: no closure per job.
+        record.add_done_callback(self._on_done)
         if self._timeout is not None and index in self._waiting:
-            heapq.heappush(self._deadlines, (time.monotonic() + self._timeout, index))
-            if self._deadlines[0][1] == index:
+            # Every job gets the same timeout, so deadlines arrive in admission order.
+            record.deadline = time.monotonic() + self._timeout
+            self._deadlines.append(record)
+            if len(self._deadlines) == 1:
                 self._deadline_wake.set()
 
     def _cap_error(self, request: ImageToVideo) -> SpendLimitError:
@@ -267,7 +272,8 @@ class Batch:
             cost=request.estimated_cost,
         )
 
-    def _finished(self, index: int, request: ImageToVideo, record: JobRecord) -> None:
+    def _finished(self, record: JobRecord) -> None:
+        index = record.tag
         if self._waiting.pop(index, None) is None:
             return  # already reported (timed out) or the batch stopped
         if (
@@ -289,7 +295,7 @@ class Batch:
         self._emit(
             Outcome(
                 index=index,
-                request=request,
+                request=record.request,
                 job_id=record.id,
                 video=record.video,
                 error=error,
@@ -298,33 +304,30 @@ class Batch:
         )
 
     async def _watch_deadlines(self) -> None:
+        deadlines = self._deadlines
         while True:
-            if not self._deadlines:
+            while deadlines and self._waiting.get(deadlines[0].tag) is not deadlines[0]:
+                deadlines.popleft()  # reported already
+            if not deadlines:
                 self._deadline_wake = anyio.Event()
                 await self._deadline_wake.wait()
                 continue
-            due, index = self._deadlines[0]
-            now = time.monotonic()
-            if due > now:
-                self._deadline_wake = anyio.Event()
-                with anyio.move_on_after(due - now):
-                    await self._deadline_wake.wait()
+            record = deadlines[0]
+            wait = record.deadline - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
                 continue
-            heapq.heappop(self._deadlines)
-            record = self._waiting.pop(index, None)
-            if record is None or record.is_terminal:
-                continue
+            deadlines.popleft()
+            del self._waiting[record.tag]
             self._emit(
                 Outcome(
-                    index=index,
+                    index=record.tag,
                     request=record.request,
                     job_id=record.id,
                     error=self._engine.time_out(record, self._timeout),
                     amount=record.amount,
                 )
             )
-            if not self._deadlines and not self._feeding and self._outstanding == 0:
-                return
 
     def _emit(self, outcome: Outcome) -> None:
         self._outstanding -= 1

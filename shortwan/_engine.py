@@ -62,6 +62,7 @@ class Engine:
             self._poller = Poller(
                 table=self.table, query=self.query, policy=self.poll, budget=self._query_budget
             )
+            self.transport.on_rate_limit = self._poller.budget.slow_down
         return self._poller
 
     def _ensure_running(self) -> None:
@@ -212,7 +213,7 @@ class Engine:
     async def wait(self, record: JobRecord, timeout: float | None) -> Video:
         """Wait for ``record`` to end; a timeout leaves it tracked and collectable."""
         if record.state is JobState.TIMED_OUT:
-            back = state_for(record.snapshot) if record.snapshot else JobState.QUEUED
+            back = state_for(record.raw_status) if record.raw_status >= 0 else JobState.QUEUED
             self.table.resume(record, back)
         try:
             with anyio.fail_after(timeout):

@@ -15,7 +15,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -209,6 +209,8 @@ class Transport:
         # One 429 pauses every request of this client: no storm of refused requests.
         self._paused_until = 0.0
         self._timeout: aiohttp.ClientTimeout | None = None
+        # Told of every 429, so the query budget can slow down for everyone.
+        self.on_rate_limit: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -320,6 +322,8 @@ class Transport:
             except _Failure as failure:
                 error = failure.error
                 error.job_id = error.job_id or job_id
+                if isinstance(error, RateLimitError) and self.on_rate_limit is not None:
+                    self.on_rate_limit()
                 if (
                     failure.safety is Safety.UNCERTAIN
                     and create

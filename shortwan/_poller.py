@@ -22,7 +22,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._config import PollPolicy
-from ._errors import APIError, JobFailedError, MalformedResponseError, ShortWanError
+from ._errors import (
+    APIError,
+    JobFailedError,
+    MalformedResponseError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    ShortWanError,
+)
 from ._models import ImageToVideo, JobSnapshot
 from ._table import JobRecord, JobState, JobTable, state_for
 
@@ -42,21 +50,49 @@ class QueryBudget(Protocol):
     async def acquire(self) -> None:
         """Return when one more query may be sent."""
 
+    def slow_down(self) -> None:
+        """Hear that the service refused a query as too many (HTTP 429)."""
+
 
 class RateLimiter:
-    """An in-memory :class:`QueryBudget`: at most ``rate`` queries a second, evenly spaced."""
+    """An in-memory :class:`QueryBudget`: at most ``rate`` queries a second, evenly spaced.
+
+    A 429 widens the gap between queries by half (to one every 10 s at most); every query sent then
+    narrows it by 2 % until the configured rate is reached again, so a client whose ceiling is set
+    above the service's real limit settles just under it instead of hammering it.
+    """
+
+    _MAX_GAP = 10.0
 
     def __init__(self, rate: float) -> None:
-        self._gap = 1.0 / rate
+        self._min_gap = 1.0 / rate
+        self._gap = self._min_gap
         self._next = 0.0
+        self._slowed_at = -math.inf
+
+    @property
+    def rate(self) -> float:
+        """The rate in force now, in queries per second."""
+        return 1.0 / self._gap
 
     async def acquire(self) -> None:
         now = time.monotonic()
         slot = max(now, self._next)
         self._next = slot + self._gap
+        if self._gap > self._min_gap:
+            self._gap = max(self._min_gap, self._gap * 0.98)
         # Waits shorter than a timer tick are not worth a trip through the event loop.
         if slot - now > 0.0005:
             await anyio.sleep(slot - now)
+
+    def slow_down(self) -> None:
+        now = time.monotonic()
+        # The queries already in flight when the limit was hit all come back refused: react to
+        # the first of a burst only.
+        if now - self._slowed_at < 2 * self._gap:
+            return
+        self._slowed_at = now
+        self._gap = min(self._MAX_GAP, self._gap * 1.5)
 
 
 class DurationModel:
@@ -131,7 +167,7 @@ class Poller:
         self.policy = policy
         self.model = DurationModel(policy)
         self._query = query
-        self._budget = budget or RateLimiter(policy.max_queries_per_second)
+        self.budget = budget or RateLimiter(policy.max_queries_per_second)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
@@ -170,17 +206,24 @@ class Poller:
         else:
             expected = self.model.expected(record.request)
             delay = max(self.policy.min_interval, self.policy.first_query_fraction * expected)
+            delay = self._jittered(delay)
         self.schedule(record, delay)
+
+    def _jittered(self, delay: float) -> float:
+        # Jobs submitted together must not all be asked about in the same instant.
+        jitter = self.policy.jitter
+        if jitter:
+            delay *= 1.0 + jitter * (2.0 * self._rng.random() - 1.0)
+        return max(delay, 0.0)
 
     def _next_gap(self, record: JobRecord, now: float) -> float:
         policy = self.policy
         if record.callback:
             return policy.callback_interval
         age = now - record.submitted_at
-        gap = min(policy.max_interval, max(policy.min_interval, policy.growth * age))
-        if policy.jitter:
-            gap *= 1.0 + policy.jitter * (2.0 * self._rng.random() - 1.0)
-        return max(gap, 0.0)
+        return self._jittered(
+            min(policy.max_interval, max(policy.min_interval, policy.growth * age))
+        )
 
     async def run(self, task_group: TaskGroup) -> None:
         """Send queries as they fall due, until cancelled.
@@ -234,7 +277,7 @@ class Poller:
                 handoff: asyncio.Future[JobRecord] = loop.create_future()
                 idle.append(handoff)
                 record = await handoff
-            await self._budget.acquire()
+            await self.budget.acquire()
             await self._ask(record)
 
     async def _ask(self, record: JobRecord) -> None:
@@ -254,7 +297,11 @@ class Poller:
     def _failed_query(self, record: JobRecord, exc: ShortWanError) -> None:
         record.querying = False
         now = time.monotonic()
-        final = isinstance(exc, APIError | MalformedResponseError)
+        # Too many requests, an overloaded service or a lost connection say nothing about the
+        # job: ask again later, however often. Only refusals count toward giving up.
+        final = isinstance(exc, APIError | MalformedResponseError) and not isinstance(
+            exc, RateLimitError | ServiceUnavailableError | ServerError
+        )
         record.final_errors = record.final_errors + 1 if final else 0
         if final and record.final_errors >= _MAX_FINAL_ERRORS:
             logger.error(
@@ -282,11 +329,14 @@ class Poller:
         record.queries += 1
         record.final_errors = 0
         record.last_query_at = now
-        record.snapshot = snapshot
         record.raw_status = snapshot.raw_status
         if snapshot.credit is not None and record.amount is None:
             record.amount = snapshot.credit
-        state = state_for(snapshot)
+        state = state_for(snapshot.raw_status)
+        if state.is_terminal:
+            # Kept for the end only: a waiting job's answers (with the echoed args) would cost
+            # more memory than the rest of its record.
+            record.snapshot = snapshot
         if state is JobState.SUCCEEDED:
             video = snapshot.video
             if video is None:

@@ -99,7 +99,10 @@ class JobRecord:
     due: float = math.inf
     querying: bool = False
     done_event: anyio.Event | None = None
-    done_callbacks: list[Callable[[JobRecord], None]] | None = None
+    on_done: Callable[[JobRecord], None] | None = None
+    # Free for the owner of on_done (a batch keeps the request's input position here).
+    tag: int = -1
+    deadline: float = math.inf
 
     @property
     def is_terminal(self) -> bool:
@@ -111,9 +114,16 @@ class JobRecord:
         if self.is_terminal or self.state is JobState.DETACHED:
             callback(self)
             return
-        if self.done_callbacks is None:
-            self.done_callbacks = []
-        self.done_callbacks.append(callback)
+        first = self.on_done
+        if first is None:
+            self.on_done = callback  # the common case: one listener, no list
+            return
+
+        def both(record: JobRecord) -> None:
+            first(record)
+            callback(record)
+
+        self.on_done = both
 
     async def wait_done(self) -> None:
         """Return once the job has ended or was detached."""
@@ -124,11 +134,11 @@ class JobRecord:
         await self.done_event.wait()
 
 
-def state_for(snapshot: JobSnapshot) -> JobState:
-    """Map a query answer to a state: 3 and up are failures, unknown lower numbers keep waiting."""
-    if snapshot.failed:
+def state_for(raw_status: int) -> JobState:
+    """Map a status number to a state: 3 and up are failures, unknown lower numbers keep waiting."""
+    if raw_status >= JobStatus.FAILED:
         return JobState.FAILED
-    return _FROM_STATUS.get(snapshot.status, JobState.RUNNING)
+    return _FROM_STATUS.get(JobStatus.from_raw(raw_status), JobState.RUNNING)
 
 
 class JobTable:
@@ -237,10 +247,10 @@ class JobTable:
 
     def _wake(self, record: JobRecord) -> None:
         event, record.done_event = record.done_event, None
-        callbacks, record.done_callbacks = record.done_callbacks, None
+        callback, record.on_done = record.on_done, None
         if event is not None:
             event.set()
-        for callback in callbacks or ():
+        if callback is not None:
             try:
                 callback(record)
             except Exception:

@@ -173,6 +173,23 @@ class TestPoller:
         assert elapsed >= 0.3
 
     @pytest.mark.anyio
+    async def test_rate_limited_queries_never_fail_a_job(self) -> None:
+        """A ceiling set above the service's limit costs 429s and time, never a job."""
+        poll = PollPolicy(
+            min_interval=0.01,
+            max_interval=0.05,
+            prior_seconds_per_video_second=0.001,
+            max_queries_per_second=400,
+        )
+        async with (
+            FakeShortAPI(query_rate_limit=50) as fake,
+            client_for(fake, poll=poll) as client,
+        ):
+            outcomes = await client.gather(reqs(40), concurrency=40)
+        assert fake.stats.rate_limited > 0
+        assert all(o.ok for o in outcomes)
+
+    @pytest.mark.anyio
     async def test_learns_a_faster_first_query(self) -> None:
         """After jobs finish, the first query of a new job comes near its expected end."""
         poll = PollPolicy(min_interval=0.01, max_interval=1, prior_seconds_per_video_second=0.2)

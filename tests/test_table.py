@@ -48,7 +48,7 @@ class TestStates:
     )
     def test_status_numbers_map_to_states(self, raw: int, state: JobState) -> None:
         """3 and above are failures; an unknown number below keeps the job waiting."""
-        assert state_for(snapshot(raw)) is state
+        assert state_for(raw) is state
 
 
 class TestJobTable:
@@ -88,7 +88,7 @@ class TestJobTable:
         assert table.refunded == Decimal("0.425")
 
     def test_done_callbacks_run_once_at_the_end(self) -> None:
-        """Callbacks run when the job ends, and at once when added to an ended job."""
+        """Callbacks run once when the job ends, and at once when added to an ended job."""
         table = JobTable()
         r = table.add(record())
         seen: list[JobState] = []
