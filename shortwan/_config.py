@@ -162,7 +162,7 @@ class PollPolicy:
 
     min_interval: float = attrs.field(default=2.0, validator=_positive)
     max_interval: float = attrs.field(default=30.0, validator=_positive)
-    growth: float = attrs.field(default=0.15, validator=_positive)
+    growth: float = attrs.field(default=0.12, validator=_positive)
     first_query_fraction: float = attrs.field(default=0.8, validator=_positive)
     prior_seconds_per_video_second: float = attrs.field(default=12.0, validator=_positive)
     resolution_factor: float = attrs.field(default=1.5, validator=_positive)

@@ -256,15 +256,20 @@ class Downloader:
             start = handle.tell()
             written = 0
             buffer = bytearray()
-            async for chunk in response.content.iter_chunked(_CHUNK):
-                buffer += chunk
-                if len(buffer) >= _FLUSH:
-                    await anyio.to_thread.run_sync(handle.write, bytes(buffer))
+            try:
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    buffer += chunk
+                    if len(buffer) >= _FLUSH:
+                        await anyio.to_thread.run_sync(handle.write, bytes(buffer))
+                        written += len(buffer)
+                        buffer.clear()
+            finally:
+                # Keep what did arrive, even when the body broke off: the next attempt resumes
+                # from there with a Range request.
+                if buffer:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(handle.write, bytes(buffer))
                     written += len(buffer)
-                    buffer.clear()
-            if buffer:
-                await anyio.to_thread.run_sync(handle.write, bytes(buffer))
-                written += len(buffer)
             await anyio.to_thread.run_sync(_sync, handle)
         finally:
             await anyio.to_thread.run_sync(handle.close)

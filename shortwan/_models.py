@@ -233,12 +233,13 @@ class ImageToVideo:
             frames[name], problem = image_input_or_problem(source, name=name)
             if problem is not None:
                 problems.append(problem)
+                # Stand in a valid URL so the other arguments are still checked and reported.
+                frames[name] = "https://image.invalid/unusable"
         try:
-            request = cls(**frames, **args) if not problems else None
+            request = cls(**frames, **args)
         except InvalidRequestError as exc:
             problems.extend(exc.problems)
-            request = None
-        if request is None:
+        if problems:
             raise InvalidRequestError(problems)
         return request
 

@@ -314,7 +314,10 @@ class Poller:
             record.error = exc
             self.table.transition(record, JobState.FAILED)
             return
-        logger.warning(
+        # Throttling and outages are routine here (the transport already retried): INFO, with
+        # WARNING kept for refusals that may end in giving up on the job.
+        logger.log(
+            logging.WARNING if final else logging.INFO,
             "query of job %s failed, will ask again: %s",
             record.id,
             exc,

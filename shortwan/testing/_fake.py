@@ -219,7 +219,7 @@ class FakeShortAPI:
         self._tokens = max(1.0, (query_rate_limit or 0) / 10)
         self._refilled = time.monotonic()
         self._video = resources.files("shortwan.testing").joinpath("data/sample.mp4").read_bytes()
-        self._callbacks: list[tuple[float, int, str]] = []
+        self._callbacks: list[tuple[float, int, str, bool]] = []
         self._callback_seq = itertools.count()
         self._callback_wake: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
@@ -521,6 +521,16 @@ class FakeShortAPI:
     async def _file(self, request: web.Request) -> web.StreamResponse:
         self.stats.downloads.append(dict(request.headers))
         fault = self._fault("download")
+        if fault is Fault.TRUNCATED_JSON:
+            # For a file, "cut short" means: the full length announced, half of it sent.
+            response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+            response.content_length = len(self._video)
+            await response.prepare(request)
+            await response.write(self._video[: len(self._video) // 2])
+            await asyncio.sleep(0.05)  # a stall, then the reset: what arrived can be kept
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         if fault is not None:
             return await self._faulty(request, fault, lambda: web.Response(body=self._video))
         name = request.match_info["name"]
@@ -553,8 +563,8 @@ class FakeShortAPI:
 
     # --- callbacks -----------------------------------------------------------------------------
 
-    def _schedule_callback(self, job_id: str, due: float) -> None:
-        heapq.heappush(self._callbacks, (due, next(self._callback_seq), job_id))
+    def _schedule_callback(self, job_id: str, due: float, *, duplicate: bool = False) -> None:
+        heapq.heappush(self._callbacks, (due, next(self._callback_seq), job_id, duplicate))
         if self._callback_wake is not None:
             self._callback_wake.set()
 
@@ -565,7 +575,7 @@ class FakeShortAPI:
                 self._callback_wake.clear()
                 await self._callback_wake.wait()
                 continue
-            due, _seq, job_id = self._callbacks[0]
+            due, _seq, job_id, duplicate = self._callbacks[0]
             wait = due - time.monotonic()
             if wait > 0:
                 self._callback_wake.clear()
@@ -574,10 +584,11 @@ class FakeShortAPI:
                 continue
             heapq.heappop(self._callbacks)
             job = self._jobs[job_id]
-            if self._rng.random() < self.callback_drop:
-                continue
-            if self._rng.random() < self.callback_duplicate:
-                self._schedule_callback(job_id, time.monotonic() + 0.01)
+            if not duplicate:
+                if self._rng.random() < self.callback_drop:
+                    continue
+                if self._rng.random() < self.callback_duplicate:
+                    self._schedule_callback(job_id, time.monotonic() + 0.01, duplicate=True)
             self._spawn(self._send_callback(job))
 
     async def _send_callback(self, job: FakeJob) -> None:

@@ -1,0 +1,135 @@
+"""Downloads: streamed to .part, resumed, checked, renamed; never with the API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from aiohttp import web
+
+from shortwan import AsyncShortWan, DownloadError, ImageToVideo, PollPolicy, RetryPolicy, Video
+from shortwan.testing import FakeShortAPI, Fault, set_testing
+
+REQ = ImageToVideo(prompt="a fox", first_frame_image="https://example.com/a.png")
+POLL = PollPolicy(min_interval=0.02, max_interval=0.1, prior_seconds_per_video_second=0.001)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
+def client_for(fake: FakeShortAPI) -> AsyncShortWan:
+    return AsyncShortWan(fake.api_key, base_url=fake.url, poll=POLL)
+
+
+class TestDownload:
+    @pytest.mark.anyio
+    async def test_job_to_file(self, tmp_path: Path) -> None:
+        """A job downloads to the path given, whole, with no .part left behind."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            job = await client.submit(REQ)
+            path = await client.download(job, tmp_path / "out" / "fox.mp4")
+        assert path.read_bytes()[4:8] == b"ftyp"
+        assert not (tmp_path / "out" / "fox.mp4.part").exists()
+        assert fake.stats.downloads
+
+    @pytest.mark.anyio
+    async def test_folder_target_named_after_job(self, tmp_path: Path) -> None:
+        """Into an existing folder, the file is named after the job id."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            path = await client.download(video, tmp_path)
+        assert path == tmp_path / f"{video.job_id}.mp4"
+
+    @pytest.mark.anyio
+    async def test_key_never_sent_to_file_host(self, tmp_path: Path) -> None:
+        """Download requests carry no Authorization header."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            await client.download(video, tmp_path / "v.mp4")
+        assert all("Authorization" not in headers for headers in fake.stats.downloads)
+
+    @pytest.mark.anyio
+    async def test_truncated_body_resumes(self, tmp_path: Path) -> None:
+        """A body cut short is resumed with Range from where the .part file ends."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            fake.script("download", [Fault.TRUNCATED_JSON])
+            path = await client.download(video, tmp_path / "v.mp4")
+            whole = fake._video
+        assert path.read_bytes() == whole
+        assert any("Range" in h for h in fake.stats.downloads)
+
+    @pytest.mark.anyio
+    async def test_existing_file_not_overwritten(self, tmp_path: Path) -> None:
+        """An existing file is kept unless overwrite=True."""
+        target = tmp_path / "v.mp4"
+        target.write_bytes(b"mine")
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            with pytest.raises(DownloadError, match="exists"):
+                await client.download(video, target)
+            await client.download(video, target, overwrite=True)
+        assert target.read_bytes()[4:8] == b"ftyp"
+
+    @pytest.mark.anyio
+    async def test_expired_url_refreshed_by_query(self, tmp_path: Path) -> None:
+        """An expired link (410) is replaced once by asking the service for the job again."""
+        async with FakeShortAPI(url_ttl=0.05) as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            await anyio.sleep(0.1)
+            path = await client.download(video, tmp_path / "v.mp4")
+        assert path.stat().st_size > 0
+
+    @pytest.mark.anyio
+    async def test_failures_raise_and_leave_no_final_file(self, tmp_path: Path) -> None:
+        """When every attempt fails, DownloadError names the job and no file is at the path."""
+        async with FakeShortAPI() as fake:
+            client = AsyncShortWan(
+                fake.api_key, base_url=fake.url, poll=POLL, retry=RetryPolicy(attempts=2)
+            )
+            async with client:
+                video = await client.generate(REQ)
+                fake.script("download", [Fault.HTML_502, Fault.HTML_502])
+                with pytest.raises(DownloadError) as info:
+                    await client.download(video, tmp_path / "v.mp4")
+        assert info.value.job_id == video.job_id
+        assert not (tmp_path / "v.mp4").exists()
+
+    @pytest.mark.parametrize("job_id", ["../../escape", "/etc/passwd", "a/../../b"])
+    @pytest.mark.anyio
+    async def test_names_cannot_escape_the_folder(self, tmp_path: Path, job_id: str) -> None:
+        """A job id full of path tricks still lands inside the target folder."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            real = await client.generate(REQ)
+            video = Video(job_id=job_id, url=real.url)
+            path = await client.download(video, tmp_path)
+        assert path.parent == tmp_path.resolve()  # noqa: ASYNC240 - a test's own tmp folder
+
+    @pytest.mark.anyio
+    async def test_server_ignoring_range_restarts(self, tmp_path: Path) -> None:
+        """A 200 to a Range request rewrites the file from the start."""
+        body = b"0123456789" * 1000
+
+        async def whole(_: web.Request) -> web.Response:
+            return web.Response(body=body)
+
+        app = web.Application()
+        app.router.add_get("/v.mp4", whole)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        part = tmp_path / "v.mp4.part"
+        part.write_bytes(b"garbage-from-an-old-attempt")
+        try:
+            async with AsyncShortWan("ak-x", base_url=f"http://127.0.0.1:{port}") as client:
+                path = await client.download(f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4")
+        finally:
+            await runner.cleanup()
+        assert path.read_bytes() == body
