@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
 
@@ -107,6 +107,7 @@ class Batch:
         concurrency: int,
         budget: SpendCounter | None,
         timeout: float | None,
+        sink: Callable[[Outcome], None] | None = None,
     ) -> None:
         value: object = concurrency
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -116,6 +117,10 @@ class Batch:
         self._engine = engine
         self._source = source
         self._concurrency = concurrency
+        # With a sink (gather), outcomes are handed over at once and their slot freed: nobody
+        # has to be woken to take them. Without one they go through the stream below.
+        self._sink = sink
+        self.finished = anyio.Event()
         self._budget = budget
         self._timeout = timeout
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
@@ -134,6 +139,7 @@ class Batch:
         self.receive: MemoryObjectReceiveStream[Outcome]
         self._send, self.receive = anyio.create_memory_object_stream[Outcome](concurrency)
         self._cancel = anyio.CancelScope()
+        self._stopped = False
         self._outstanding = 0
         self._feeding = True
         self._cap_reached = False
@@ -155,6 +161,9 @@ class Batch:
 
     def stop(self) -> None:
         """Stop admitting requests; created jobs stay tracked by the client."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._cancel.cancel()
         pending = self.in_flight
         if pending:
@@ -181,6 +190,7 @@ class Batch:
                     self._feeding = False
                     self._maybe_finish()
         finally:
+            self.finished.set()
             if self._async_items is not None:
                 aclose = getattr(self._async_items, "aclose", None)
                 if aclose is not None:
@@ -331,10 +341,15 @@ class Batch:
 
     def _emit(self, outcome: Outcome) -> None:
         self._outstanding -= 1
-        try:
-            self._send.send_nowait(outcome)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return  # the consumer is gone; the job stays in the table
+        if self._sink is not None:
+            if not self._stopped:
+                self._sink(outcome)
+                self._slots.release()
+        else:
+            try:
+                self._send.send_nowait(outcome)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return  # the consumer is gone; the job stays in the table
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:

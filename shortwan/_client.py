@@ -80,6 +80,22 @@ def _job_id_problem(job_id: object) -> str | None:
     return None
 
 
+def _budget(max_spend: Decimal | str | int | SpendCounter | None) -> SpendCounter | None:
+    if max_spend is None:
+        return None
+    if isinstance(max_spend, bool):
+        raise InvalidRequestError([f"max_spend is not an amount: {max_spend!r}"])
+    if isinstance(max_spend, (Decimal, str, int)):
+        try:
+            limit = Decimal(max_spend)
+        except ArithmeticError:
+            raise InvalidRequestError([f"max_spend is not an amount: {max_spend!r}"]) from None
+        if not limit.is_finite() or limit < 0:
+            raise InvalidRequestError([f"max_spend must be a finite amount >= 0: {max_spend!r}"])
+        return SpendBudget(limit)
+    return max_spend
+
+
 class AsyncShortWan:
     """An asyncio client for ShortAPI's ``alibaba/wan-2.7/image-to-video`` jobs.
 
@@ -280,13 +296,12 @@ class AsyncShortWan:
                 :class:`JobTimeoutError` and the job stays tracked.
         """
         self._check_open()
-        budget: SpendCounter | None
-        if max_spend is None or isinstance(max_spend, (Decimal, str, int)):
-            budget = None if max_spend is None else SpendBudget(Decimal(max_spend))
-        else:
-            budget = max_spend
         batch = Batch(
-            self._engine, requests, concurrency=concurrency, budget=budget, timeout=timeout
+            self._engine,
+            requests,
+            concurrency=concurrency,
+            budget=_budget(max_spend),
+            timeout=timeout,
         )
         try:
             await self._engine.spawn(batch.run)
@@ -322,12 +337,23 @@ class AsyncShortWan:
 
         Takes the arguments of :meth:`generate_many`; errors are reported in the outcomes.
         """
-        outcomes = [
-            outcome
-            async for outcome in self.generate_many(
-                requests, concurrency=concurrency, max_spend=max_spend, timeout=timeout
-            )
-        ]
+        self._check_open()
+        outcomes: list[Outcome] = []
+        batch = Batch(
+            self._engine,
+            requests,
+            concurrency=concurrency,
+            budget=_budget(max_spend),
+            timeout=timeout,
+            sink=outcomes.append,
+        )
+        try:
+            await self._engine.spawn(batch.run)
+            await batch.finished.wait()
+        finally:
+            batch.stop()
+        if batch.error is not None:
+            raise batch.error
         outcomes.sort(key=lambda o: o.index)
         return outcomes
 

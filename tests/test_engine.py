@@ -347,3 +347,36 @@ class TestCancellation:
             assert scope.cancelled_caught
             assert len(fake.jobs) == 1
             assert set(fake.jobs) == {r.id for r in client.jobs}
+
+
+class TestArguments:
+    @pytest.mark.parametrize("cap", ["lots", "-1", "NaN", True])
+    @pytest.mark.anyio
+    async def test_bad_max_spend_refused_before_anything_is_sent(self, cap: object) -> None:
+        """A spend cap that is not a finite amount >= 0 is refused with nothing sent."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            with pytest.raises(InvalidRequestError, match="max_spend"):
+                await client.gather(reqs(2), max_spend=cap)  # type: ignore[arg-type]
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.parametrize("concurrency", [0, -1, True, 2.5])
+    @pytest.mark.anyio
+    async def test_bad_concurrency_refused(self, concurrency: object) -> None:
+        """concurrency must be a whole number of at least 1."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            with pytest.raises(ValueError, match="concurrency"):
+                await client.gather(reqs(2), concurrency=concurrency)  # type: ignore[arg-type]
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.anyio
+    async def test_failing_input_raises_after_admitted_outcomes(self, fake: FakeShortAPI) -> None:
+        """An input generator that raises ends the batch with that error, jobs kept."""
+
+        def source() -> Iterator[ImageToVideo]:
+            yield req("one")
+            raise RuntimeError("bad line 2")
+
+        async with client_for(fake) as client:
+            with pytest.raises(RuntimeError, match="bad line 2"):
+                await client.gather(source(), concurrency=1)
+            assert len(client.jobs) == 1
