@@ -71,6 +71,25 @@ INSTANT_POLL = PollPolicy(
 # --- 1. overhead per job against a raw aiohttp loop -------------------------------------------
 
 
+async def raw_create(
+    session: aiohttp.ClientSession, server: FakeServer, request: ImageToVideo
+) -> str:
+    """Create a job the way a hand-written client would: a dict, a POST, a key lookup."""
+    body = {
+        "model": request.model,
+        "args": {
+            "prompt": request.prompt,
+            "first_frame_image": request.first_frame_image,
+            "duration": request.duration,
+            "resolution": request.resolution,
+        },
+    }
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with session.post(f"{server.url}/api/v1/job/create", json=body, headers=headers) as r:
+        job_id: str = (await r.json())["data"]["job_id"]
+        return job_id
+
+
 async def raw_loop(server: FakeServer, reqs: list[ImageToVideo], concurrency: int) -> int:
     """A hand-written client: create, then query until done, with plain aiohttp."""
     headers = {"Authorization": f"Bearer {server.api_key}"}
@@ -80,19 +99,7 @@ async def raw_loop(server: FakeServer, reqs: list[ImageToVideo], concurrency: in
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done
         for request in pending:
-            body = {
-                "model": request.model,
-                "args": {
-                    "prompt": request.prompt,
-                    "first_frame_image": request.first_frame_image,
-                    "duration": request.duration,
-                    "resolution": request.resolution,
-                },
-            }
-            async with session.post(
-                f"{server.url}/api/v1/job/create", json=body, headers=headers
-            ) as r:
-                job_id = (await r.json())["data"]["job_id"]
+            job_id = await raw_create(session, server, request)
             while True:
                 async with session.get(
                     f"{server.url}/api/v1/job/query", params={"id": job_id}, headers=headers
@@ -159,16 +166,7 @@ async def interval_loop(
 
     async def one(session: aiohttp.ClientSession, request: ImageToVideo) -> None:
         nonlocal queries
-        body = {
-            "model": request.model,
-            "args": {
-                "prompt": request.prompt,
-                "first_frame_image": request.first_frame_image,
-                "duration": request.duration,
-            },
-        }
-        async with session.post(f"{server.url}/api/v1/job/create", json=body, headers=headers) as r:
-            job_id = (await r.json())["data"]["job_id"]
+        job_id = await raw_create(session, server, request)
         step = 0
         while True:
             await anyio.sleep(gaps[min(step, len(gaps) - 1)])
