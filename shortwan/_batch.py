@@ -11,35 +11,51 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from decimal import Decimal
-from typing import Any, Protocol, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._convert import request_from_args
+from ._download import safe_name
 from ._errors import (
     APIError,
+    DownloadError,
+    InvalidRequestError,
     JobDetachedError,
+    JobFailedError,
     JobTimeoutError,
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
     TransportError,
 )
-from ._models import ImageToVideo, Outcome
+from ._models import BatchItem, ImageToVideo, Outcome, Video
 from ._table import JobRecord, JobState
+
+if TYPE_CHECKING:
+    from .journal import Entry, Journal
 
 __all__ = ["Batch", "RequestSource", "SpendBudget", "SpendCounter"]
 
 logger = logging.getLogger("shortwan")
 
-RequestItem: TypeAlias = "ImageToVideo | Mapping[str, Any]"
-RequestSource: TypeAlias = (
-    "Iterable[ImageToVideo | Mapping[str, Any]] | AsyncIterable[ImageToVideo | Mapping[str, Any]]"
-)
+RequestItem: TypeAlias = "ImageToVideo | BatchItem | Mapping[str, Any]"
+RequestSource: TypeAlias = "Iterable[RequestItem] | AsyncIterable[RequestItem]"
+Fetch: TypeAlias = "Callable[[Video, Path], Awaitable[Path]]"
 
 # Creates are few and short next to the jobs themselves: a handful of senders keep the service
 # busy without holding one task per job.
@@ -91,7 +107,15 @@ class SpendBudget:
 
 
 class _Engine(Protocol):
-    async def create(self, request: ImageToVideo, *, track: bool = True) -> JobRecord: ...
+    async def create(
+        self,
+        request: ImageToVideo,
+        *,
+        track: bool = True,
+        on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
+    ) -> JobRecord: ...
+
+    def attach(self, job_id: str) -> JobRecord: ...
 
     def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError: ...
 
@@ -108,6 +132,10 @@ class Batch:
         budget: SpendCounter | None,
         timeout: float | None,
         sink: Callable[[Outcome], None] | None = None,
+        journal: Journal | None = None,
+        resubmit_uncertain: bool = False,
+        download_to: Path | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
         value: object = concurrency
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -149,6 +177,14 @@ class Batch:
         self._deadline_wake = anyio.Event()
         self._task_group: TaskGroup | None = None
         self.error: BaseException | None = None
+        self._journal = journal
+        self._resubmit_uncertain = resubmit_uncertain
+        self._download_to = download_to
+        self._fetch = fetch
+        # Only a journal or downloads need more than the index per job: key and file name.
+        self._slow_finish = journal is not None or download_to is not None
+        self._extras: dict[int, tuple[str | None, str | None]] = {}
+        self._keys_seen: dict[str, int] = {}
 
     @property
     def in_flight(self) -> list[str]:
@@ -232,35 +268,118 @@ class Batch:
         self._outstanding += 1
         return index, item
 
+    def _unpack(self, item: RequestItem) -> tuple[ImageToVideo, str | None, str | None]:
+        key = output = None
+        if isinstance(item, BatchItem):
+            key, output, item = item.key, item.output, item.request
+        elif isinstance(item, Mapping) and ("key" in item or "output" in item):
+            item = dict(item)
+            key, output = item.pop("key", None), item.pop("output", None)
+            BatchItem(request=item, key=key)  # checks the key
+            if output is not None and not isinstance(output, str):
+                raise InvalidRequestError([f"output must be a file name, got {output!r}"])
+        request = item if isinstance(item, ImageToVideo) else request_from_args(item)
+        if output is not None and self._download_to is not None:
+            self._output_path(output)  # refuse a name that leaves the folder, before paying
+        return request, key, output
+
+    def _journal_key(self, request: ImageToVideo, key: str | None) -> str:
+        from .journal import request_key  # noqa: PLC0415 - the journal is optional
+
+        if key is not None:
+            if key in self._keys_seen:
+                raise InvalidRequestError([f"key {key!r} appears twice in this batch"])
+            self._keys_seen[key] = 1
+            return key
+        # Equal requests are told apart by their order, so asking twice makes two videos.
+        base = request_key(request)
+        seen = self._keys_seen.get(base, 0) + 1
+        self._keys_seen[base] = seen
+        return base if seen == 1 else f"{base}#{seen}"
+
     async def _admit(self, index: int, item: RequestItem) -> None:
         try:
-            request = item if isinstance(item, ImageToVideo) else request_from_args(item)
+            request, key, output = self._unpack(item)
+            if self._journal is not None:
+                key = self._journal_key(request, key)
         except ShortWanError as exc:
             self._emit(Outcome(index=index, error=exc))
             return
+        journal = self._journal
+        entry = None if journal is None or key is None else await journal.get(key)
+        if entry is not None:
+            if entry.is_done:
+                await self._replay(index, request, entry, output)
+                return
+            if entry.job_id is not None:
+                # Created in an earlier run: collect it by id, never create it again.
+                record = self._engine.attach(entry.job_id)
+                if record.request is None:
+                    record.request = request
+                if record.amount is None:
+                    record.amount = entry.amount
+                self._wait_for(index, record, key, output)
+                return
+            if not self._resubmit_uncertain:
+                self._emit(
+                    Outcome(
+                        index=index,
+                        request=request,
+                        key=key,
+                        error=SubmissionUncertainError(
+                            f"a create for {key!r} may have been sent by an earlier run and its "
+                            "answer was lost; not sent again (pass resubmit_uncertain=True to "
+                            "send it, at the risk of paying twice)",
+                            request=request,
+                        ),
+                    )
+                )
+                return
         if self._cap_reached:
-            self._emit(Outcome(index=index, request=request, error=self._cap_error(request)))
+            self._emit(
+                Outcome(index=index, request=request, key=key, error=self._cap_error(request))
+            )
             return
         cost = request.estimated_cost
         if self._budget is not None and not await self._budget.reserve(cost):
             self._cap_reached = True
-            self._emit(Outcome(index=index, request=request, error=self._cap_error(request)))
+            self._emit(
+                Outcome(index=index, request=request, key=key, error=self._cap_error(request))
+            )
             return
+        on_created = None
+        if journal is not None and key is not None:
+            # Durable before the create leaves: a crash from here on is never a silent double.
+            await journal.intent(key, model=request.model, estimate=cost)
+            journaled_key = key
+
+            async def on_created(record: JobRecord) -> None:
+                await journal.submitted(journaled_key, job_id=record.id, amount=record.amount)
+
         try:
-            record = await self._engine.create(request)
+            record = await self._engine.create(request, on_created=on_created)
         except SubmissionUncertainError as exc:
             # Maybe charged: the reservation stays, so the cap still counts it.
-            self._emit(Outcome(index=index, request=request, error=exc))
+            if journal is not None and key is not None:
+                await journal.uncertain(key)
+            self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
         except (APIError, TransportError) as exc:
+            if journal is not None and key is not None:
+                await journal.forget(key)  # refused: no job exists
             if self._budget is not None:
                 await self._budget.release(cost)
-            self._emit(Outcome(index=index, request=request, error=exc))
+            self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
         if self._budget is not None:
             await self._budget.settle(cost, record.amount)
+        self._wait_for(index, record, key, output)
+
+    def _wait_for(self, index: int, record: JobRecord, key: str | None, output: str | None) -> None:
         self._waiting[index] = record
         record.tag = index
+        if self._slow_finish:
+            self._extras[index] = (key, output)
         # One bound method for every job: no closure per job.
         record.add_done_callback(self._on_done)
         if self._timeout is not None and index in self._waiting:
@@ -269,6 +388,56 @@ class Batch:
             self._deadlines.append(record)
             if len(self._deadlines) == 1:
                 self._deadline_wake.set()
+
+    def _output_path(self, output: str | None, job_id: str | None = None) -> Path:
+        assert self._download_to is not None  # noqa: S101 - only called when downloading
+        folder = self._download_to
+        name = output if output is not None else safe_name(job_id or "video")
+        target = (folder / name).resolve()
+        if not target.is_relative_to(folder) or target == folder:
+            raise InvalidRequestError([f"output {name!r} would be written outside {str(folder)!r}"])
+        return target
+
+    async def _replay(
+        self, index: int, request: ImageToVideo, entry: Entry, output: str | None
+    ) -> None:
+        outcome = Outcome(
+            index=index,
+            request=request,
+            job_id=entry.job_id,
+            video=entry.video,
+            error=entry.error,
+            amount=entry.amount,
+            key=entry.key,
+            path=entry.path,
+            replayed=True,
+        )
+        if (
+            outcome.video is not None
+            and self._download_to is not None
+            and (entry.path is None or not await anyio.Path(entry.path).exists())
+        ):
+            outcome = await self._download(outcome, output)
+        self._emit(outcome)
+
+    async def _download(self, outcome: Outcome, output: str | None) -> Outcome:
+        assert self._fetch is not None  # noqa: S101 - set with download_to
+        assert outcome.video is not None  # noqa: S101 - only videos are downloaded
+        try:
+            dest = self._output_path(output, outcome.job_id)
+            if await anyio.Path(dest).exists() and self._journal is not None:
+                # The file was renamed into place before a crash kept the journal from saying
+                # so: a file at the final path is always whole.
+                path = dest
+            else:
+                path = await self._fetch(outcome.video, dest)
+        except (DownloadError, InvalidRequestError) as exc:
+            if exc.job_id is None:
+                exc.job_id = outcome.job_id
+            return attrs.evolve(outcome, error=exc)
+        if self._journal is not None and outcome.key is not None:
+            await self._journal.downloaded(outcome.key, path)
+        return attrs.evolve(outcome, path=path)
 
     def _cap_error(self, request: ImageToVideo) -> SpendLimitError:
         budget = self._budget
@@ -302,16 +471,31 @@ class Batch:
                 error = JobDetachedError(
                     f"the client was closed before job {record.id} ended", job_id=record.id
                 )
-        self._emit(
-            Outcome(
-                index=index,
-                request=record.request,
-                job_id=record.id,
-                video=record.video,
-                error=error,
-                amount=record.amount,
-            )
+        outcome = Outcome(
+            index=index,
+            request=record.request,
+            job_id=record.id,
+            video=record.video,
+            error=error,
+            amount=record.amount,
         )
+        if self._slow_finish and self._task_group is not None:
+            key, output = self._extras.pop(index, (None, None))
+            self._task_group.start_soon(self._complete, attrs.evolve(outcome, key=key), output)
+            return
+        self._emit(outcome)
+
+    async def _complete(self, outcome: Outcome, output: str | None) -> None:
+        """Journal how a job ended and download its video, then report it."""
+        journal, key = self._journal, outcome.key
+        if journal is not None and key is not None:
+            if outcome.video is not None:
+                await journal.finished(key, video=outcome.video)
+            elif isinstance(outcome.error, JobFailedError):
+                await journal.finished(key, error=outcome.error)
+        if outcome.video is not None and self._download_to is not None:
+            outcome = await self._download(outcome, output)
+        self._emit(outcome)
 
     async def _watch_deadlines(self) -> None:
         deadlines = self._deadlines
@@ -329,6 +513,7 @@ class Batch:
                 continue
             deadlines.popleft()
             del self._waiting[record.tag]
+            key, _output = self._extras.pop(record.tag, (None, None))
             self._emit(
                 Outcome(
                     index=record.tag,
@@ -336,6 +521,7 @@ class Batch:
                     job_id=record.id,
                     error=self._engine.time_out(record, self._timeout),
                     amount=record.amount,
+                    key=key,
                 )
             )
 

@@ -6,11 +6,11 @@ import enum
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,6 +34,9 @@ from ._http import Transport
 from ._models import DEFAULT_JOB_TIMEOUT, ImageToVideo, Job, JobSnapshot, Outcome, Video
 from ._poller import QueryBudget
 from ._table import JobTable
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncShortWan"]
 
@@ -277,31 +280,47 @@ class AsyncShortWan:
         concurrency: int = 16,
         max_spend: Decimal | str | int | SpendCounter | None = None,
         timeout: float | None = DEFAULT_JOB_TIMEOUT,
+        journal: Journal | None = None,
+        resubmit_uncertain: bool = False,
+        download_to: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[Outcome]:
         """Make a video for every request, yielding outcomes as jobs finish.
 
         The input is pulled only when one of ``concurrency`` slots is free, so it can be a
-        generator of millions of requests (``ImageToVideo`` objects or argument mappings). Every
-        request gets exactly one :class:`Outcome`; a failure is reported in it and never stops the
-        others. Leaving the loop early or cancelling it stops admission; jobs already created stay
-        in :attr:`jobs` and are logged by id.
+        generator of millions of requests (``ImageToVideo`` objects, :class:`BatchItem` objects
+        or argument mappings, which may carry ``key`` and ``output``). Every request gets exactly
+        one :class:`Outcome`; a failure is reported in it and never stops the others. Leaving the
+        loop early or cancelling it stops admission; jobs already created stay in :attr:`jobs`
+        and are logged by id.
 
         Args:
             requests: an iterable or async iterable of requests.
             concurrency: requests admitted and not yet reported, at most.
             max_spend: a cap in USD (or a shared :class:`SpendCounter`): a request whose cost
                 would cross it is not sent and gets a :class:`SpendLimitError` outcome, as does
-                every request after it.
+                every request after it. With a journal, money the journal's earlier runs
+                committed counts toward the cap.
             timeout: seconds to wait for each job once created; a late job's outcome carries a
                 :class:`JobTimeoutError` and the job stays tracked.
+            journal: a :class:`~shortwan.journal.Journal`; a rerun with the same journal and
+                input replays finished requests, re-attaches created jobs without a new create,
+                and sends nothing twice.
+            resubmit_uncertain: with a journal, send again the requests an earlier run may have
+                sent without learning the outcome (they may then be paid twice). By default
+                their outcome is a :class:`SubmissionUncertainError`.
+            download_to: a folder to download every video into (named after the item's
+                ``output``, else its job id); outcomes then carry ``path``. A failed download
+                leaves the video in the outcome and a :class:`DownloadError` as its error.
         """
         self._check_open()
-        batch = Batch(
-            self._engine,
+        batch = await self._batch(
             requests,
             concurrency=concurrency,
-            budget=_budget(max_spend),
+            max_spend=max_spend,
             timeout=timeout,
+            journal=journal,
+            resubmit_uncertain=resubmit_uncertain,
+            download_to=download_to,
         )
         try:
             await self._engine.spawn(batch.run)
@@ -332,6 +351,9 @@ class AsyncShortWan:
         concurrency: int = 16,
         max_spend: Decimal | str | int | SpendCounter | None = None,
         timeout: float | None = DEFAULT_JOB_TIMEOUT,
+        journal: Journal | None = None,
+        resubmit_uncertain: bool = False,
+        download_to: str | os.PathLike[str] | None = None,
     ) -> list[Outcome]:
         """Make a video for every request and return the outcomes in input order.
 
@@ -339,12 +361,14 @@ class AsyncShortWan:
         """
         self._check_open()
         outcomes: list[Outcome] = []
-        batch = Batch(
-            self._engine,
+        batch = await self._batch(
             requests,
             concurrency=concurrency,
-            budget=_budget(max_spend),
+            max_spend=max_spend,
             timeout=timeout,
+            journal=journal,
+            resubmit_uncertain=resubmit_uncertain,
+            download_to=download_to,
             sink=outcomes.append,
         )
         try:
@@ -356,6 +380,44 @@ class AsyncShortWan:
             raise batch.error
         outcomes.sort(key=lambda o: o.index)
         return outcomes
+
+    async def _batch(
+        self,
+        requests: RequestSource,
+        *,
+        concurrency: int,
+        max_spend: Decimal | str | int | SpendCounter | None,
+        timeout: float | None,
+        journal: Journal | None,
+        resubmit_uncertain: bool,
+        download_to: str | os.PathLike[str] | None,
+        sink: Callable[[Outcome], None] | None = None,
+    ) -> Batch:
+        budget = _budget(max_spend)
+        if journal is not None and isinstance(budget, SpendBudget):
+            # The cap covers the whole journaled batch, not only this run of it.
+            budget.spent += await journal.spent()
+        folder = None
+        if download_to is not None:
+            folder = anyio.Path(download_to)
+            await folder.mkdir(parents=True, exist_ok=True)
+            folder = await folder.resolve()
+
+        async def fetch(video: Video, dest: Path) -> Path:
+            return await self.download(video, dest)
+
+        return Batch(
+            self._engine,
+            requests,
+            concurrency=concurrency,
+            budget=budget,
+            timeout=timeout,
+            sink=sink,
+            journal=journal,
+            resubmit_uncertain=resubmit_uncertain,
+            download_to=None if folder is None else Path(folder),
+            fetch=fetch,
+        )
 
     async def download(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -142,11 +142,19 @@ class Engine:
             )
         return snapshot
 
-    async def create(self, request: ImageToVideo, *, track: bool = True) -> JobRecord:
+    async def create(
+        self,
+        request: ImageToVideo,
+        *,
+        track: bool = True,
+        on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
+    ) -> JobRecord:
         """Create a job and put it in the table before anything else can fail.
 
         The create runs shielded from cancellation: a cancelled caller must not lose the id of a
-        job that was already paid for. Its own timeouts still bound it.
+        job that was already paid for. Its own timeouts still bound it. ``on_created`` runs inside
+        the same shield as soon as the job is in the table (a journal records the id there); if it
+        fails, the job is still tracked and its error is raised.
         """
         self._ensure_running()
         with anyio.CancelScope(shield=True):
@@ -165,8 +173,12 @@ class Engine:
                     state=JobState.QUEUED,
                 )
             )
-        if track:
-            self.poller.track(record)
+            try:
+                if on_created is not None:
+                    await on_created(record)
+            finally:
+                if track:
+                    self.poller.track(record)
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
         logger.info(

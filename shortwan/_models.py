@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from ._errors import InvalidRequestError, ShortWanError
 __all__ = [
     "MODEL_ID",
     "PRICE_PER_SECOND",
+    "BatchItem",
     "ImageToVideo",
     "Job",
     "JobSnapshot",
@@ -423,6 +425,33 @@ class Job:
 
 
 @attrs.frozen(kw_only=True)
+class BatchItem:
+    """One request of a batch with the name it goes by and, optionally, where its video goes.
+
+    Plain :class:`ImageToVideo` objects and argument mappings are accepted by ``generate_many``
+    too; a mapping may carry ``key`` and ``output`` next to the model's arguments (the shape of a
+    JSONL line).
+
+    Attributes:
+        request: the request, or its arguments.
+        key: a name unique within the batch; a journal files the request under it. Without one, a
+            hash of the request is used.
+        output: the file name (relative to the batch's download folder) for the video.
+    """
+
+    request: ImageToVideo | Mapping[str, Any]
+    key: str | None = attrs.field(default=None)
+    output: str | None = None
+
+    @key.validator
+    def _check_key(self, _attribute: object, value: object) -> None:
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 512):
+            raise InvalidRequestError(
+                [f"key must be a non-empty string of at most 512 characters, got {value!r}"]
+            )
+
+
+@attrs.frozen(kw_only=True)
 class Outcome:
     """What became of one request of a batch: a video, or the error that stopped it.
 
@@ -430,9 +459,13 @@ class Outcome:
         index: the request's position in the input, from 0.
         request: the request, when it could be built.
         job_id: the job, when one was created (also on failures and timeouts: it was paid for).
-        video: the video, on success.
-        error: why there is no video; ``None`` on success.
+        video: the video, when the job succeeded.
+        error: why the request did not fully succeed; ``None`` on success. A failed download
+            leaves ``video`` set and puts a :class:`DownloadError` here.
         amount: what the job was charged, when one was created.
+        key: the request's key, when it has one or a journal is used.
+        path: where the video was saved, when the batch downloads.
+        replayed: whether this outcome comes from a journal (an earlier run) rather than this run.
     """
 
     index: int
@@ -441,8 +474,11 @@ class Outcome:
     video: Video | None = None
     error: ShortWanError | None = None
     amount: Decimal | None = None
+    key: str | None = None
+    path: Path | None = None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
-        """Whether the request produced a video."""
-        return self.video is not None
+        """Whether the request produced a video (and its file, when the batch downloads)."""
+        return self.video is not None and self.error is None

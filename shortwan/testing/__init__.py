@@ -7,14 +7,17 @@ faults, rate limits and callbacks; ``set_testing(True)`` makes retries skip thei
 from shortwan._config import PollPolicy, set_testing
 
 from ._fake import DEFAULT_API_KEY, FakeJob, FakeShortAPI, FakeStats, Fault, JobPlan
+from ._process import FakeProcess, fake_process
 
 __all__ = [
     "DEFAULT_API_KEY",
     "FakeJob",
+    "FakeProcess",
     "FakeShortAPI",
     "FakeStats",
     "Fault",
     "JobPlan",
+    "fake_process",
     "fast_poll",
     "set_testing",
 ]
