@@ -133,3 +133,34 @@ class TestDownload:
         finally:
             await runner.cleanup()
         assert path.read_bytes() == body
+
+
+class TestSecondHost:
+    @pytest.mark.anyio
+    async def test_key_absent_on_another_host_and_after_redirect(self, tmp_path: Path) -> None:
+        """A file on a second host, reached directly or by redirect, never sees the API key."""
+        async with FakeShortAPI() as api, FakeShortAPI(api_key="ak-" + "1" * 32) as files:
+            async with client_for(files) as other:
+                stored = await other.generate(REQ)  # a file that lives on the second host
+
+            async def hop(_: web.Request) -> web.Response:
+                raise web.HTTPFound(stored.url)
+
+            app = web.Application()
+            app.router.add_get("/r.mp4", hop)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            redirect = f"http://127.0.0.1:{runner.addresses[0][1]}/r.mp4"
+            try:
+                async with client_for(api) as client:
+                    direct = Video(job_id=stored.job_id, url=stored.url)
+                    await client.download(direct, tmp_path / "direct.mp4")
+                    await client.download(redirect, tmp_path / "hop.mp4")
+            finally:
+                await runner.cleanup()
+        assert len(files.stats.downloads) == 2
+        for headers in files.stats.downloads:
+            assert "Authorization" not in headers
+            assert api.api_key not in repr(headers)
+        assert (tmp_path / "direct.mp4").read_bytes() == (tmp_path / "hop.mp4").read_bytes()
