@@ -25,6 +25,7 @@ import aiohttp
 import attrs
 from aiohttp import web
 
+from ._render import image_bytes_from_arg, render_clip
 from ._rules import check_create
 
 __all__ = ["DEFAULT_API_KEY", "FakeJob", "FakeShortAPI", "FakeStats", "Fault", "JobPlan"]
@@ -118,17 +119,38 @@ class FakeStats:
     callbacks_sent: int = 0
     callbacks_failed: int = 0
     downloads: list[dict[str, str]] = attrs.field(factory=list)
+    clips_rendered: int = 0
 
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _ranged(request: web.Request, video: bytes) -> web.Response:
+    """Answer ``request`` with ``video``: whole, or the one byte range its Range header asks for."""
+    size = len(video)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
+    match = _RANGE.fullmatch(request.headers.get("Range", "").strip())
+    if match is None or not (match[1] or match[2]):
+        return web.Response(body=video, headers=headers)
+    if match[1]:
+        start = int(match[1])
+        end = min(int(match[2]), size - 1) if match[2] else size - 1
+    else:
+        start, end = max(0, size - int(match[2])), size - 1
+    if start >= size or start > end:
+        headers["Content-Range"] = f"bytes */{size}"
+        return web.Response(status=416, headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return web.Response(status=206, body=video[start : end + 1], headers=headers)
+
+
 class FakeShortAPI:
     """A local stand-in for ShortAPI's job service, for tests and demos.
 
     Use it as an async context manager; it listens on ``host`` (127.0.0.1) and a free port, and
-    serves create, query and result files (a real MP4, with Range support).
+    serves create, query and result files (a real MP4, with Range support): the bundled sample,
+    or with ``render`` a clip made from the job's image.
 
     Args:
         api_key: the key it accepts (``fake.api_key``).
@@ -153,6 +175,9 @@ class FakeShortAPI:
         callback_duplicate: share of callbacks sent twice.
         callback_delay: seconds between a job's end and its callback.
         callback_shape: ``envelope`` (``{"code":0,"data":...}``) or ``bare`` (the data alone).
+        render: serve each finished job a clip made from its ``first_frame_image`` data URI (a
+            zoom or a pan, chosen by job id), rendered once on first download; needs Pillow and
+            PyAV. URLs, unreadable images and missing extras get the bundled sample.
         host: the address to listen on.
         port: the port, 0 for a free one.
     """
@@ -182,6 +207,7 @@ class FakeShortAPI:
         callback_duplicate: float = 0.0,
         callback_delay: float = 0.0,
         callback_shape: Literal["envelope", "bare"] = "envelope",
+        render: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -206,6 +232,7 @@ class FakeShortAPI:
         self.callback_duplicate = callback_duplicate
         self.callback_delay = callback_delay
         self.callback_shape = callback_shape
+        self.render = render
         self.stats = FakeStats()
         self._host = host
         self._port = port
@@ -219,6 +246,9 @@ class FakeShortAPI:
         self._tokens = max(1.0, (query_rate_limit or 0) / 10)
         self._refilled = time.monotonic()
         self._video = resources.files("shortwan.testing").joinpath("data/sample.mp4").read_bytes()
+        # One task per job: requests that race for a new clip all await the same render, and
+        # every request gets the same bytes (two renders can differ), so resumed downloads fit.
+        self._clips: dict[str, asyncio.Task[bytes | None]] = {}
         self._callbacks: list[tuple[float, int, str, bool]] = []
         self._callback_seq = itertools.count()
         self._callback_wake: asyncio.Event | None = None
@@ -264,10 +294,10 @@ class FakeShortAPI:
 
     async def aclose(self) -> None:
         """Stop serving and end every background task."""
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._clips.values()]:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or self._clips:
+            await asyncio.gather(*self._tasks, *self._clips.values(), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -521,21 +551,26 @@ class FakeShortAPI:
     async def _file(self, request: web.Request) -> web.StreamResponse:
         self.stats.downloads.append(dict(request.headers))
         fault = self._fault("download")
-        if fault is Fault.TRUNCATED_JSON:
-            # For a file, "cut short" means: the full length announced, half of it sent.
-            response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
-            response.content_length = len(self._video)
-            await response.prepare(request)
-            await response.write(self._video[: len(self._video) // 2])
-            await asyncio.sleep(0.05)  # a stall, then the reset: what arrived can be kept
-            if request.transport is not None:
-                request.transport.abort()
-            return response
+        job = self._jobs.get(request.match_info["name"].removesuffix(".mp4"))
+        if job is not None and job.status(time.monotonic()) != 2:
+            job = None  # only a finished job has a file
         if fault is not None:
-            return await self._faulty(request, fault, lambda: web.Response(body=self._video))
-        name = request.match_info["name"]
-        job = self._jobs.get(name.removesuffix(".mp4"))
-        if job is None or job.status(time.monotonic()) != 2:
+            # Faults that send video send the job's own bytes, so a download resumed after one
+            # of them still assembles one whole file.
+            sends_video = fault in (Fault.TRUNCATED_JSON, Fault.SLOW_AFTER)
+            video = await self._video_for(job) if sends_video and job is not None else self._video
+            if fault is Fault.TRUNCATED_JSON:
+                # For a file, "cut short" means: the full length announced, half of it sent.
+                response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+                response.content_length = len(video)
+                await response.prepare(request)
+                await response.write(video[: len(video) // 2])
+                await asyncio.sleep(0.05)  # a stall, then the reset: what arrived can be kept
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            return await self._faulty(request, fault, lambda: web.Response(body=video))
+        if job is None:
             return web.Response(status=404, text="no such file")
         if self.url_ttl is not None:
             try:
@@ -544,22 +579,33 @@ class FakeShortAPI:
                 issued = 0.0
             if time.monotonic() - issued > self.url_ttl:
                 return web.Response(status=410, text="this link has expired")
-        video = self._video
-        size = len(video)
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
-        match = _RANGE.fullmatch(request.headers.get("Range", "").strip())
-        if match is None or not (match[1] or match[2]):
-            return web.Response(body=video, headers=headers)
-        if match[1]:
-            start = int(match[1])
-            end = min(int(match[2]), size - 1) if match[2] else size - 1
+        return _ranged(request, await self._video_for(job))
+
+    async def _video_for(self, job: FakeJob) -> bytes:
+        """Return the bytes served for ``job``: its rendered clip, else the bundled sample."""
+        if not self.render:
+            return self._video
+        task = self._clips.get(job.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._render_clip(job))
+            self._clips[job.id] = task
+        # Shielded: a client hanging up must not cancel a render other requests wait for.
+        clip = await asyncio.shield(task)
+        return self._video if clip is None else clip
+
+    async def _render_clip(self, job: FakeJob) -> bytes | None:
+        arg = job.args.get("first_frame_image")
+        image = image_bytes_from_arg(arg) if isinstance(arg, str) else None
+        if image is None:
+            return None
+        # Alternate the two motions by id, so a batch shows both and a job always gets the same.
+        motion = "zoom" if int(job.id[-1], 16) % 2 == 0 else "pan"
+        clip = await asyncio.to_thread(render_clip, image, motion=motion)
+        if clip is None:
+            logger.warning("cannot render a clip; serving the sample", extra={"job_id": job.id})
         else:
-            start, end = max(0, size - int(match[2])), size - 1
-        if start >= size or start > end:
-            headers["Content-Range"] = f"bytes */{size}"
-            return web.Response(status=416, headers=headers)
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return web.Response(status=206, body=video[start : end + 1], headers=headers)
+            self.stats.clips_rendered += 1
+        return clip
 
     # --- callbacks -----------------------------------------------------------------------------
 
