@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 
 import anyio
 
-from ._fake import DEFAULT_API_KEY, FakeShortAPI
+from ._fake import DEFAULT_API_KEY
+from ._process import FAULT_LEVELS, serve_forever
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,25 +23,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jitter", type=float, default=0.3, help="relative spread of times")
     parser.add_argument("--speed", type=float, default=1.0, help="divide every duration")
     parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--faults", choices=FAULT_LEVELS, default="none")
+    parser.add_argument("--render", action="store_true", help="make each video from its image")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    async def serve() -> None:
-        async with FakeShortAPI(
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            queue_time=args.queue_time,
-            run_time=args.run_time,
-            jitter=args.jitter,
-            speed=args.speed,
-            failure_rate=args.failure_rate,
-            seed=args.seed,
-        ) as fake:
-            print(f"FakeShortAPI at {fake.url}", flush=True)
-            print(f"export SHORTWAN_BASE_URL={fake.url} SHORTAPI_KEY={fake.api_key}", flush=True)
-            await anyio.sleep_forever()
+    def ready(url: str, key: str) -> None:
+        print(f"FakeShortAPI at {url}", flush=True)
+        print(f"export SHORTWAN_BASE_URL={url} SHORTAPI_KEY={key}", flush=True)
 
+    serve = functools.partial(
+        serve_forever,
+        ready=ready,
+        faults=args.faults,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        queue_time=args.queue_time,
+        run_time=args.run_time,
+        jitter=args.jitter,
+        speed=args.speed,
+        failure_rate=args.failure_rate,
+        render=args.render,
+        seed=args.seed,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve)
 

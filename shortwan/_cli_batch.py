@@ -1,0 +1,415 @@
+"""The command line's bulk run: a JSONL file in, a folder of videos and ``results.jsonl`` out.
+
+Kept apart from the command definitions so the demo and ``batch`` share one implementation. It
+needs the ``cli`` extra (rich); nothing here is imported by the library itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import attrs
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ._client import AsyncShortWan
+from ._config import DEFAULT_POLL, PollPolicy
+from ._errors import (
+    DownloadError,
+    InvalidRequestError,
+    JobDetachedError,
+    JobFailedError,
+    JobTimeoutError,
+    ShortWanError,
+    SpendLimitError,
+    SubmissionUncertainError,
+)
+from ._media import image_input_or_problem
+from ._models import BatchItem, ImageToVideo, Outcome
+from ._table import JobState
+from .journal import Journal
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SPEND_CAP",
+    "EXIT_USAGE",
+    "BatchOptions",
+    "Line",
+    "read_lines",
+    "run_batch",
+]
+
+EXIT_OK: Final = 0
+"""Every request produced its video (and file)."""
+EXIT_FAILED: Final = 1
+"""At least one request failed, timed out, was invalid or is uncertain."""
+EXIT_USAGE: Final = 2
+"""The command line, the input file or the settings are wrong; nothing was sent."""
+EXIT_SPEND_CAP: Final = 3
+"""The spend cap stopped requests from being sent."""
+EXIT_INTERRUPTED: Final = 130
+"""Stopped by Ctrl-C; rerun the same command to resume."""
+
+JOURNAL_NAME: Final = "journal.sqlite"
+RESULTS_NAME: Final = "results.jsonl"
+_IMAGE_FIELDS: Final = ("first_frame_image", "last_frame_image")
+
+
+@attrs.frozen
+class Line:
+    """One line of the input: a request ready to send, or why it cannot be."""
+
+    number: int
+    item: BatchItem | None
+    problem: str | None = None
+
+
+def _parse(number: int, text: str, base: Path) -> Line:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Line(number, None, f"not JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(data, dict):
+        return Line(number, None, f"a line must be a JSON object, got {type(data).__name__}")
+    args: dict[str, Any] = dict(data)
+    key, output = args.pop("key", None), args.pop("output", None)
+    problems: list[str] = []
+    if key is not None and not isinstance(key, str):
+        problems.append(f"key must be a string, got {key!r}")
+    if output is not None and (not isinstance(output, str) or not output):
+        problems.append(f"output must be a file name, got {output!r}")
+    for name in _IMAGE_FIELDS:
+        value = args.get(name)
+        if isinstance(value, str) and not value.startswith(("http://", "https://", "data:")):
+            # A local path, relative to the file that names it.
+            value, problem = image_input_or_problem(base / value, name=name)
+            if problem is not None:
+                problems.append(problem)
+            args[name] = value
+    if problems:
+        return Line(number, None, "; ".join(problems))
+    try:
+        request = ImageToVideo(**args)
+    except InvalidRequestError as exc:
+        return Line(number, None, "; ".join(exc.problems))
+    except TypeError as exc:
+        return Line(number, None, str(exc).replace("__init__() ", ""))
+    try:
+        return Line(number, BatchItem(request=request, key=key, output=output))
+    except InvalidRequestError as exc:
+        return Line(number, None, "; ".join(exc.problems))
+
+
+def read_lines(path: Path) -> Iterator[Line]:
+    """Yield every non-blank line of a JSONL file, parsed and checked (local images included)."""
+    base = path.parent
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if text.strip():
+                yield _parse(number, text, base)
+
+
+@attrs.frozen(kw_only=True)
+class BatchOptions:
+    """What ``shortwan batch`` was asked to do."""
+
+    source: Path
+    out: Path
+    concurrency: int = 16
+    max_spend: Decimal | None = None
+    retry_uncertain: bool = False
+    timeout: float | None = 900.0
+    poll: PollPolicy = DEFAULT_POLL
+
+
+@attrs.define
+class _Tally:
+    total: int
+    done: int = 0
+    succeeded: int = 0
+    replayed: int = 0
+    failed: Counter[str] = attrs.field(factory=Counter)
+    spend_capped: bool = False
+    interrupted: bool = False
+    spent: Decimal = Decimal(0)
+
+
+def _status(outcome: Outcome) -> str:
+    error = outcome.error
+    if error is None:
+        return "succeeded"
+    statuses: list[tuple[type[ShortWanError], str]] = [
+        (JobFailedError, "failed"),
+        (SubmissionUncertainError, "uncertain"),
+        (SpendLimitError, "not_sent_spend_cap"),
+        (JobTimeoutError, "timed_out"),
+        (JobDetachedError, "interrupted"),
+        (DownloadError, "download_failed"),
+        (InvalidRequestError, "invalid"),
+    ]
+    for kind, name in statuses:
+        if isinstance(error, kind):
+            return name
+    return "not_created" if outcome.job_id is None else "error"
+
+
+def _result_row(line: int, outcome: Outcome) -> dict[str, Any]:
+    error = outcome.error
+    return {
+        "line": line,
+        "key": outcome.key,
+        "job_id": outcome.job_id,
+        "status": _status(outcome),
+        "amount": None if outcome.amount is None else str(outcome.amount),
+        "url": outcome.video.url if outcome.video is not None else None,
+        "file": None if outcome.path is None else str(outcome.path),
+        "error_type": None if error is None else type(error).__name__,
+        "error": None if error is None else str(error),
+        "replayed": outcome.replayed,
+    }
+
+
+def check_file(source: Path) -> tuple[int, Decimal, list[Line]]:
+    """Read the whole file: return the count of valid lines, their cost, and the invalid ones."""
+    count, cost, bad = 0, Decimal(0), []
+    for line in read_lines(source):
+        if line.item is None:
+            bad.append(line)
+            continue
+        count += 1
+        request = line.item.request
+        assert isinstance(request, ImageToVideo)  # noqa: S101 - built above
+        cost += request.estimated_cost
+    return count, cost, bad
+
+
+@contextlib.contextmanager
+def _on_interrupt(handler: Callable[[], None]) -> Iterator[None]:
+    """Route SIGINT to ``handler`` inside the running loop while the block runs."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        # No loop signal handlers here (Windows, or not the main thread): Ctrl-C then stops at
+        # once, which still leaves the journal resumable.
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+class _Stopper:
+    """First Ctrl-C: stop admitting and let jobs in flight finish. Second: stop now."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.admitting = True
+        self.scope: anyio.CancelScope | None = None
+        self.presses = 0
+
+    def press(self) -> None:
+        self.presses += 1
+        if self.presses == 1:
+            self.admitting = False
+            self.console.print(
+                "[yellow]Ctrl-C: no new requests are sent; waiting for jobs in flight. "
+                "Press Ctrl-C again to stop now (rerun the same command to resume).[/]"
+            )
+        elif self.scope is not None:
+            self.scope.cancel()
+
+
+async def run_batch(
+    options: BatchOptions,
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    console: Console,
+    err: Console,
+) -> int:
+    """Run a JSONL batch to its end (or Ctrl-C) and return the process exit code."""
+    count, cost, bad = await anyio.to_thread.run_sync(check_file, options.source)
+    for line in bad:
+        err.print(f"line {line.number}: {line.problem}", highlight=False, markup=False)
+    err.print(
+        f"{count} requests (estimated ${cost:.3f}), {len(bad)} invalid lines skipped; "
+        f"videos and results go to {options.out}",
+        highlight=False,
+        markup=False,
+    )
+    out = options.out
+    await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+    lines: list[int] = []  # input position of each request fed → its line number
+    tally = _Tally(total=count + len(bad))
+    stopper = _Stopper(err)
+
+    async def feed() -> AsyncIterator[BatchItem]:
+        iterator = read_lines(options.source)
+        sentinel = Line(0, None)
+        while stopper.admitting:
+            line = await anyio.to_thread.run_sync(next, iterator, sentinel)
+            if line is sentinel:
+                return
+            if line.item is not None:
+                lines.append(line.number)
+                yield line.item
+
+    client = AsyncShortWan(api_key, base_url=base_url, poll=options.poll)
+    journal = Journal(out / JOURNAL_NAME)
+    results_path = out / RESULTS_NAME
+    started = time.monotonic()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    task = progress.add_task("videos", total=tally.total, detail="")
+    earlier = Decimal(0)
+
+    def refresh() -> None:
+        counts = client.jobs.counts
+        queued = counts.get(JobState.QUEUED, 0) + counts.get(JobState.SUBMITTING, 0)
+        running = counts.get(JobState.RUNNING, 0)
+        elapsed = max(time.monotonic() - started, 1e-9)
+        rate = (tally.done - tally.replayed) / elapsed * 60
+        failed = sum(tally.failed.values())
+        progress.update(
+            task,
+            completed=tally.done,
+            detail=(
+                f"queued {queued} · running {running} · done {tally.succeeded} · "
+                f"failed {failed} · ${earlier + client.jobs.spent:.3f} · {rate:.1f}/min"
+            ),
+        )
+
+    pending: list[str] = []
+    with _on_interrupt(stopper.press):
+        with (
+            progress,
+            results_path.open("w", encoding="utf-8") as results,
+            anyio.CancelScope() as scope,
+        ):
+            stopper.scope = scope
+            for line in bad:
+                error = InvalidRequestError([line.problem or "invalid"])
+                row = _result_row(line.number, Outcome(index=-1, error=error))
+                results.write(json.dumps(row) + "\n")
+                tally.done += 1
+                tally.failed["invalid"] += 1
+            async with journal, client:
+                earlier = await journal.spent()
+                outcomes = client.generate_many(
+                    feed(),
+                    concurrency=options.concurrency,
+                    max_spend=options.max_spend,
+                    timeout=options.timeout,
+                    journal=journal,
+                    resubmit_uncertain=options.retry_uncertain,
+                    download_to=out,
+                )
+                try:
+                    async with contextlib.aclosing(outcomes), anyio.create_task_group() as tg:
+
+                        async def tick() -> None:
+                            while True:
+                                refresh()
+                                await anyio.sleep(0.25)
+
+                        tg.start_soon(tick)
+                        async for outcome in outcomes:
+                            _count(tally, outcome)
+                            row = _result_row(lines[outcome.index], outcome)
+                            results.write(json.dumps(row) + "\n")
+                            results.flush()
+                        refresh()
+                        tg.cancel_scope.cancel()
+                finally:
+                    tally.spent = client.jobs.spent
+                    pending = [record.id for record in client.jobs.pending()]
+        if scope.cancelled_caught or not stopper.admitting:
+            tally.interrupted = True
+    if tally.interrupted:
+        left = tally.total - tally.done
+        err.print(
+            f"[yellow]Stopped: {left} requests not finished; jobs in flight stay in the journal "
+            f"({', '.join(pending[:5])}{' …' if len(pending) > 5 else ''}). Run the same command "
+            "again to resume.[/]"
+        )
+    console.print(_summary(tally, earlier, out))
+    if tally.interrupted:
+        return EXIT_INTERRUPTED
+    if tally.spend_capped:
+        return EXIT_SPEND_CAP
+    if tally.failed:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _count(tally: _Tally, outcome: Outcome) -> None:
+    tally.done += 1
+    if outcome.replayed:
+        tally.replayed += 1
+    if outcome.ok:
+        tally.succeeded += 1
+        return
+    status = _status(outcome)
+    tally.failed[status] += 1
+    if status == "not_sent_spend_cap":
+        tally.spend_capped = True
+
+
+def _summary(tally: _Tally, earlier: Decimal, out: Path) -> Table:
+    table = Table(title="shortwan batch", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("requests", str(tally.total))
+    table.add_row("succeeded", str(tally.succeeded))
+    for status, number in sorted(tally.failed.items()):
+        table.add_row(status.replace("_", " "), str(number))
+    table.add_row("from earlier runs", str(tally.replayed))
+    table.add_row("not reached", str(tally.total - tally.done))
+    table.add_row("spent this run", f"${tally.spent:.3f}")
+    table.add_row("spent in all runs", f"${earlier + tally.spent:.3f}")
+    table.add_row("videos and results", str(out))
+    return table
+
+
+def dry_run(source: Path, console: Console, err: Console) -> int:
+    """Check every line without sending anything; print the count and estimated cost."""
+    count, cost, bad = check_file(source)
+    for line in bad:
+        err.print(f"line {line.number}: {line.problem}", highlight=False, markup=False)
+    console.print(
+        f"{count} valid requests, {len(bad)} invalid; estimated cost ${cost:.3f} "
+        f"(at $0.085 per second of video). Nothing was sent.",
+        highlight=False,
+    )
+    return EXIT_FAILED if bad else EXIT_OK
