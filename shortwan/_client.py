@@ -6,7 +6,7 @@ import enum
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -283,7 +283,7 @@ class AsyncShortWan:
         journal: Journal | None = None,
         resubmit_uncertain: bool = False,
         download_to: str | os.PathLike[str] | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
         """Make a video for every request, yielding outcomes as jobs finish.
 
         The input is pulled only when one of ``concurrency`` slots is free, so it can be a
