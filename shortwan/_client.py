@@ -36,6 +36,7 @@ from ._poller import QueryBudget
 from ._table import JobTable
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackReceiver
     from .journal import Journal
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncShortWan"]
@@ -117,6 +118,9 @@ class AsyncShortWan:
         max_finished_jobs: finished jobs kept in :attr:`jobs` (oldest dropped first); ``None``
             keeps all.
         query_budget: a shared query-rate budget to use instead of this client's own limiter.
+        callbacks: a :class:`~shortwan.callbacks.CallbackReceiver`: every create then carries
+            a callback URL with its own token, results arrive when the service calls back
+            (confirmed by one query), and polling becomes a slow safety net.
 
     Raises:
         ConfigurationError: no API key, or a base URL that is not http(s).
@@ -135,6 +139,7 @@ class AsyncShortWan:
         ssl_context: ssl.SSLContext | None = None,
         max_finished_jobs: int | None = 10_000,
         query_budget: QueryBudget | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         self._transport = Transport(
             api_key=_resolve_key(api_key),
@@ -146,7 +151,11 @@ class AsyncShortWan:
             ssl_context=ssl_context,
         )
         self._engine = Engine(
-            self._transport, poll=poll, max_finished=max_finished_jobs, query_budget=query_budget
+            self._transport,
+            poll=poll,
+            max_finished=max_finished_jobs,
+            query_budget=query_budget,
+            callbacks=callbacks,
         )
         self._downloader = Downloader(
             session=self._transport.session,

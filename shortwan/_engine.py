@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +30,9 @@ from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
 from ._poller import Poller, QueryBudget
 from ._table import JobRecord, JobState, JobTable, state_for
 
+if TYPE_CHECKING:
+    from .callbacks import CallbackReceiver
+
 __all__ = ["Engine"]
 
 logger = logging.getLogger("shortwan")
@@ -45,8 +48,10 @@ class Engine:
         poll: PollPolicy,
         max_finished: int | None,
         query_budget: QueryBudget | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         self.transport = transport
+        self.callbacks = callbacks
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
         self._query_budget = query_budget
@@ -91,6 +96,8 @@ class Engine:
 
     async def aclose(self) -> None:
         """Stop all background work; jobs still running are detached and listed in the log."""
+        if self.callbacks is not None:
+            self.callbacks.forget_engine(self)
         runner, self._runner = self._runner, None
         if runner is not None:
             if self._task_group is not None:
@@ -157,13 +164,27 @@ class Engine:
         fails, the job is still tracked and its error is raised.
         """
         self._ensure_running()
+        token = callback_url = None
+        receiver = self.callbacks
+        if receiver is not None:
+            token, callback_url = receiver.register(self, request)
         with anyio.CancelScope(shield=True):
             try:
-                created = await self.transport.create(request.model, request_args(request))
+                created = await self.transport.create(
+                    request.model, request_args(request), callback_url=callback_url
+                )
             except SubmissionUncertainError as exc:
                 exc.request = request
                 self.table.note_uncertain()
+                if receiver is not None and token is not None:
+                    # The job may exist: if the service calls back on this token, adopt it.
+                    exc.callback_token = token
+                    receiver.keep_uncertain(token)
                 logger.warning("create outcome unknown, not resubmitted: %s", exc)
+                raise
+            except BaseException:
+                if receiver is not None and token is not None:
+                    receiver.forget(token)
                 raise
             record = self.table.add(
                 JobRecord(
@@ -171,6 +192,7 @@ class Engine:
                     request=request,
                     amount=created.amount,
                     state=JobState.QUEUED,
+                    callback=token is not None,
                 )
             )
             try:
@@ -179,6 +201,8 @@ class Engine:
             finally:
                 if track:
                     self.poller.track(record)
+                if receiver is not None and token is not None:
+                    receiver.bind(token, record)
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
         logger.info(
@@ -188,6 +212,51 @@ class Engine:
             extra={"job_id": record.id, "amount": str(record.amount)},
         )
         return record
+
+    def confirm(self, record: JobRecord) -> None:
+        """Ask about ``record`` now (a callback said it ended); duplicates fold into one query."""
+        if not record.is_terminal and record.state is not JobState.DETACHED:
+            self.poller.schedule(record, 0.0)
+
+    def adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
+        """Take over the job a lost create made, once a query confirms it exists."""
+        if self._task_group is None:
+            return
+        self._task_group.start_soon(self._adopt, job_id, request, token)
+
+    async def _adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
+        receiver = self.callbacks
+        assert receiver is not None  # noqa: S101 - only reached through a receiver
+        try:
+            snapshot = await self.query(job_id)
+        except ShortWanError as exc:
+            logger.warning(
+                "a callback named job %s for a lost create, but it could not be confirmed: %s",
+                job_id,
+                exc,
+                extra={"job_id": job_id},
+            )
+            receiver.keep_uncertain(token)
+            return
+        if job_id in self.table:
+            return  # already known: a forged callback cannot hand us another caller's job
+        record = self.table.add(
+            JobRecord(
+                id=job_id,
+                request=request,
+                amount=snapshot.credit,
+                state=JobState.QUEUED,
+                callback=True,
+            )
+        )
+        self.table.note_adopted()
+        logger.warning(
+            "adopted job %s: its create's answer was lost, its callback found it",
+            job_id,
+            extra={"job_id": job_id},
+        )
+        receiver.bind(token, record)
+        self.poller.apply(record, snapshot)
 
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere; it is asked about at once."""

@@ -200,7 +200,8 @@ class Poller:
     def track(self, record: JobRecord) -> None:
         """Start polling a new job: first when it is expected to be done."""
         if record.callback:
-            delay = self.policy.callback_interval
+            # The callback should come at the job's end; the safety net looks a while after.
+            delay = self.model.expected(record.request) + self.policy.callback_interval
         elif record.request is None:
             delay = 0.0  # attached by id: we know nothing, ask now
         else:

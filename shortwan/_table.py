@@ -157,6 +157,7 @@ class JobTable:
         self.committed = Decimal(0)
         self.refunded = Decimal(0)
         self.uncertain = 0
+        self.adopted = 0
         self.events_dropped = 0
 
     def __len__(self) -> int:
@@ -207,6 +208,11 @@ class JobTable:
     def note_uncertain(self) -> None:
         """Count a create whose outcome is unknown."""
         self.uncertain += 1
+
+    def note_adopted(self) -> None:
+        """Count an uncertain create as resolved: its job was found (and is now in the table)."""
+        self.uncertain = max(0, self.uncertain - 1)
+        self.adopted += 1
 
     def transition(self, record: JobRecord, state: JobState) -> None:
         """Move ``record`` to ``state``; a finished or detached job never moves."""
