@@ -31,7 +31,15 @@ from ._download import Downloader, resolve_dest, safe_name
 from ._engine import Engine
 from ._errors import ConfigurationError, DownloadError, InvalidRequestError
 from ._http import Transport
-from ._models import DEFAULT_JOB_TIMEOUT, ImageToVideo, Job, JobSnapshot, Outcome, Video
+from ._models import (
+    DEFAULT_JOB_TIMEOUT,
+    ImageToVideo,
+    Job,
+    JobSnapshot,
+    Outcome,
+    Video,
+    job_id_problem,
+)
 from ._poller import QueryBudget
 from ._table import JobTable
 
@@ -74,14 +82,6 @@ def _resolve_base_url(base_url: str | None) -> str:
     if parts.query or parts.fragment:
         raise ConfigurationError(f"base_url must not carry a query or fragment, got {url!r}")
     return url.rstrip("/")
-
-
-def _job_id_problem(job_id: object) -> str | None:
-    if not isinstance(job_id, str) or not job_id.strip():
-        return f"a job id must be a non-empty string, got {job_id!r}"
-    if len(job_id) > 256 or any(not ch.isprintable() or ch.isspace() for ch in job_id):
-        return f"not a job id: {job_id[:40]!r}"
-    return None
 
 
 def _budget(max_spend: Decimal | str | int | SpendCounter | None) -> SpendCounter | None:
@@ -244,7 +244,7 @@ class AsyncShortWan:
             MalformedResponseError: the answer could not be read.
             TransportError: the service could not be reached.
         """
-        problem = _job_id_problem(job_id)
+        problem = job_id_problem(job_id)
         if problem is not None:
             raise InvalidRequestError([problem])
         self._check_open()
@@ -259,7 +259,7 @@ class AsyncShortWan:
         Raises:
             InvalidRequestError: ``job_id`` is not a plausible job id.
         """
-        problem = _job_id_problem(job_id)
+        problem = job_id_problem(job_id)
         if problem is not None:
             raise InvalidRequestError([problem])
         self._check_open()

@@ -16,7 +16,7 @@ from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
 from ._errors import InvalidRequestError, MalformedResponseError, snippet
-from ._models import ImageToVideo, JobSnapshot, JobStatus
+from ._models import ImageToVideo, JobSnapshot, JobStatus, job_id_problem
 
 __all__ = [
     "CreateData",
@@ -25,6 +25,7 @@ __all__ = [
     "request_args",
     "request_from_args",
     "snapshot_from_data",
+    "create_from_data",
     "strict_converter",
     "structure_answer",
 ]
@@ -206,6 +207,43 @@ def _plain_query_data(data: object) -> QueryData | None:
         updated_at=data.get("updated_at"),
         finished_at=data.get("finished_at"),
     )
+
+
+def create_from_data(data: object) -> tuple[CreateData, str | None]:
+    """Read a create answer's ``data``: the job id must be plausible, the amount may be lost.
+
+    Returns:
+        The answer, and a note when its amount could not be read (it is then ``None``): a job
+        whose id is known is never given up for a bad amount.
+
+    Raises:
+        MalformedResponseError: no plausible job id in the answer.
+    """
+    if not isinstance(data, Mapping):
+        raise MalformedResponseError(
+            "malformed create answer: data is not an object",
+            body=snippet(repr(data)),
+            paths=["data"],
+        )
+    job_id = data.get("job_id")
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        raise MalformedResponseError(
+            f"malformed create answer: {problem}",
+            body=snippet(repr(data)),
+            paths=["data.job_id"],
+        )
+    assert isinstance(job_id, str)  # noqa: S101 - checked above
+    raw = data.get("amount")
+    if raw is None:
+        return CreateData(job_id=job_id), None
+    try:
+        amount = _structure_decimal(raw, Decimal)
+    except (TypeError, ValueError) as exc:
+        return CreateData(job_id=job_id), f"unreadable amount: {exc}"
+    if amount < 0:
+        return CreateData(job_id=job_id), f"negative amount: {amount}"
+    return CreateData(job_id=job_id, amount=amount), None
 
 
 def structure_answer(data: object, cls: type[Any], *, what: str, status: int | None = None) -> Any:

@@ -22,7 +22,7 @@ import aiohttp
 import anyio
 
 from ._config import Limits, RetryPolicy, Timeouts, is_testing
-from ._convert import CreateData, structure_answer
+from ._convert import CreateData, create_from_data
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -400,12 +400,20 @@ class Transport:
             body["callback_url"] = callback_url
         data = await self._call("POST", CREATE_PATH, body=body, create=True)
         try:
-            result: CreateData = structure_answer(data, CreateData, what="create")
+            result, note = create_from_data(data)
         except MalformedResponseError as exc:
             # code 0 says the job exists, but we cannot tell which: the money rule says uncertain.
             raise SubmissionUncertainError(
                 f"the service accepted the create but its answer cannot be read ({exc})",
             ) from exc
+        if note is not None:
+            # The job is known by its id: keep it, and let spend fall back to the estimate.
+            logger.warning(
+                "job %s created, but its charge is unknown (%s)",
+                result.job_id,
+                note,
+                extra={"job_id": result.job_id},
+            )
         return result
 
     async def query(self, job_id: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ PRICE_PER_SECOND: Final = Decimal("0.085")
 DEFAULT_JOB_TIMEOUT: Final = 900.0
 """How long waiting for one job lasts unless the caller says otherwise: jobs take 30 s to 10 min."""
 
+MAX_JOB_ID: Final = 256
 MAX_PROMPT: Final = 5000
 MAX_NEGATIVE_PROMPT: Final = 500
 MIN_DURATION: Final = 2
@@ -422,6 +423,15 @@ class Job:
                 f"job {self.id} is not tracked by a client; use client.attach({self.id!r})"
             )
         return await self._tracker.wait_for(self.id, timeout)
+
+
+def job_id_problem(job_id: object) -> str | None:
+    """Return why ``job_id`` cannot be a job id, or ``None`` when it can."""
+    if not isinstance(job_id, str) or not job_id.strip():
+        return f"a job id must be a non-empty string, got {str(job_id)[:40]!r}"
+    if len(job_id) > MAX_JOB_ID or any(not ch.isprintable() or ch.isspace() for ch in job_id):
+        return f"not a job id: {job_id[:40]!r}"
+    return None
 
 
 @attrs.frozen(kw_only=True)
