@@ -117,6 +117,8 @@ class _Engine(Protocol):
 
     def attach(self, job_id: str) -> JobRecord: ...
 
+    def on_adoption(self, token: str, hook: Callable[[JobRecord], Awaitable[None]]) -> None: ...
+
     def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError: ...
 
 
@@ -362,6 +364,8 @@ class Batch:
             # Maybe charged: the reservation stays, so the cap still counts it.
             if journal is not None and key is not None:
                 await journal.uncertain(key)
+                if exc.callback_token is not None:
+                    self._engine.on_adoption(exc.callback_token, self._journal_adopted(key))
             self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
         except (APIError, TransportError) as exc:
@@ -374,6 +378,25 @@ class Batch:
         if self._budget is not None:
             await self._budget.settle(cost, record.amount)
         self._wait_for(index, record, key, output)
+
+    def _journal_adopted(self, key: str) -> Callable[[JobRecord], Awaitable[None]]:
+        journal = self._journal
+        assert journal is not None  # noqa: S101 - only called with a journal
+
+        async def record_job(record: JobRecord) -> None:
+            # The lost create's job was found through its callback: a rerun must collect it by
+            # id instead of calling it uncertain. The journal may be closed by now.
+            try:
+                await journal.submitted(key, job_id=record.id, amount=record.amount)
+            except (RuntimeError, ShortWanError) as exc:
+                logger.warning(
+                    "adopted job %s could not be written to the journal: %s",
+                    record.id,
+                    exc,
+                    extra={"job_id": record.id},
+                )
+
+        return record_job
 
     def _wait_for(self, index: int, record: JobRecord, key: str | None, output: str | None) -> None:
         self._waiting[index] = record

@@ -52,6 +52,7 @@ class Engine:
     ) -> None:
         self.transport = transport
         self.callbacks = callbacks
+        self._adoption_hooks: dict[str, Callable[[JobRecord], Awaitable[None]]] = {}
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
         self._query_budget = query_budget
@@ -98,6 +99,7 @@ class Engine:
         """Stop all background work; jobs still running are detached and listed in the log."""
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
+        self._adoption_hooks.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             if self._task_group is not None:
@@ -257,6 +259,13 @@ class Engine:
         )
         receiver.bind(token, record)
         self.poller.apply(record, snapshot)
+        hook = self._adoption_hooks.pop(token, None)
+        if hook is not None:
+            await hook(record)
+
+    def on_adoption(self, token: str, hook: Callable[[JobRecord], Awaitable[None]]) -> None:
+        """Run ``hook(record)`` if the lost create behind ``token`` is adopted."""
+        self._adoption_hooks[token] = hook
 
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere; it is asked about at once."""

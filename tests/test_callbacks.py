@@ -6,6 +6,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import anyio
@@ -21,6 +22,7 @@ from shortwan import (
     SubmissionUncertainError,
 )
 from shortwan.callbacks import CallbackReceiver
+from shortwan.journal import EntryState, Journal, request_key
 from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 URL = "https://example.com/frame.png"
@@ -295,3 +297,22 @@ class TestMounts:
                 server.should_exit = True
         assert all(o.ok for o in outcomes)
         assert receiver.received >= 10
+
+    @pytest.mark.anyio
+    async def test_adopted_job_is_written_to_the_journal(self, tmp_path: Path) -> None:
+        """An adopted job replaces its 'uncertain' journal row, so a rerun collects it by id."""
+        items = reqs(3, "adopt")
+        async with setup(run_time=0.2) as (fake, _receiver, client):
+            fake.script("create", [Fault.RESET_AFTER])
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                first = await client.gather(items, concurrency=1, journal=journal)
+                assert isinstance(first[0].error, SubmissionUncertainError)
+                key = request_key(items[0])
+                with anyio.fail_after(10):
+                    while (entry := await journal.get(key)) is None or entry.job_id is None:
+                        await anyio.sleep(0.02)
+                assert entry.state is EntryState.SUBMITTED
+                second = await client.gather(items, concurrency=1, journal=journal)
+            assert fake.stats.jobs_created == 3
+        assert all(o.ok for o in second)
+        assert second[0].job_id == entry.job_id
