@@ -266,3 +266,19 @@ class TestCallbacks:
         for payload in received:
             assert payload["code"] == 0
             assert payload["data"]["status"] == 2
+
+
+class TestSeededJobs:
+    @pytest.mark.anyio
+    async def test_added_jobs_are_collected_by_attach(self) -> None:
+        """Jobs added without HTTP are served like any other and can be attached by id."""
+        from shortwan import AsyncShortWan
+        from shortwan.testing import fast_poll
+
+        async with FakeShortAPI(run_time=0.1) as fake:
+            ids = fake.add_jobs(30, prefix="elsewhere")
+            assert fake.stats.creates_received == 0
+            assert fake.stats.jobs_by_prompt["elsewhere 29"] == 1
+            async with AsyncShortWan(fake.api_key, base_url=fake.url, poll=fast_poll()) as client:
+                videos = [await client.attach(job_id).result(timeout=10) for job_id in ids]
+        assert [v.job_id for v in videos] == ids

@@ -312,6 +312,23 @@ class FakeShortAPI:
 
     # --- knobs ---------------------------------------------------------------------------------
 
+    def add_jobs(
+        self, count: int, *, args: Mapping[str, Any] | None = None, prefix: str = "seeded"
+    ) -> list[str]:
+        """Create ``count`` jobs directly, as if another client had made them; return their ids.
+
+        For tests and benchmarks of :meth:`AsyncShortWan.attach` at scale: no HTTP, no stats
+        for creates. Each job's prompt is ``"{prefix} {n}"``; timing follows the fake's knobs.
+        """
+        base: dict[str, Any] = {"first_frame_image": "https://example.com/s.png", "duration": 5}
+        base.update(args or {})
+        amount = Decimal("0.085") * int(base["duration"])
+        ids = []
+        for n in range(count):
+            job_args = {**base, "prompt": f"{prefix} {n}"}
+            ids.append(self._make_job(job_args, None, amount).id)
+        return ids
+
     def script(self, endpoint: Endpoint, faults: list[Fault | None]) -> None:
         """Queue faults for the next requests to ``endpoint``, in order (``None``: answer well)."""
         self._scripts[endpoint].extend(faults)

@@ -106,6 +106,8 @@ def _serve(conn: Any, options: dict[str, Any], plan: str | None) -> None:
                     )
                 elif message == "stats":
                     conn.send(_stats(fake))
+                elif isinstance(message, tuple) and message[0] == "add_jobs":
+                    conn.send(fake.add_jobs(message[1], prefix=message[2]))
 
     anyio.run(main)
 
@@ -127,6 +129,12 @@ class FakeProcess:
         """Return the fake's counters (see :class:`FakeStats`), ``downloads`` as a count."""
         self._conn.send("stats")
         result: dict[str, Any] = self._conn.recv()
+        return result
+
+    def add_jobs(self, count: int, *, prefix: str = "seeded") -> list[str]:
+        """Create ``count`` jobs in the fake directly (see :meth:`FakeShortAPI.add_jobs`)."""
+        self._conn.send(("add_jobs", count, prefix))
+        result: list[str] = self._conn.recv()
         return result
 
     def jobs(self) -> Mapping[str, tuple[float, float, str]]:
