@@ -1,97 +1,100 @@
-"""Shared pieces of the benchmarks: the fake service in its own process, timing, tables."""
+"""Shared pieces of the benchmarks: results as tables with targets, timing, the machine.
+
+Every benchmark returns a :class:`Section`: a table, the targets it checks, and optionally series
+to plot. ``python -m benchmarks`` runs them all and writes ``benchmarks/RESULTS.md``; each module
+also runs alone and prints its sections.
+"""
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
+import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-import anyio
+from shortwan.testing import FakeProcess as FakeServer
+from shortwan.testing import fake_process as fake_server
 
-Plan = Callable[[Mapping[str, Any]], Any]
-
-
-def _serve(conn: Any, options: dict[str, Any], plan_name: str | None) -> None:
-    """Run FakeShortAPI in this process until told to stop; answer stats requests."""
-    from shortwan.testing import FakeShortAPI
-
-    if plan_name is not None:
-        module, _, func = plan_name.rpartition(".")
-        options = {**options, "plan": getattr(__import__(module, fromlist=[func]), func)}
-
-    async def main() -> None:
-        async with FakeShortAPI(**options) as fake:
-            conn.send({"url": fake.url, "api_key": fake.api_key})
-            while True:
-                if not await anyio.to_thread.run_sync(conn.poll, 0.2):
-                    continue
-                message = conn.recv()
-                if message == "stop":
-                    return
-                if message == "jobs":
-                    conn.send(
-                        {job_id: (job.created_at, job.run_end) for job_id, job in fake.jobs.items()}
-                    )
-                elif message == "stats":
-                    stats = fake.stats
-                    conn.send(
-                        {
-                            "creates_received": stats.creates_received,
-                            "jobs_created": stats.jobs_created,
-                            "queries": stats.queries,
-                            "rate_limited": stats.rate_limited,
-                            "max_jobs_per_prompt": max(stats.jobs_by_prompt.values(), default=0),
-                        }
-                    )
-
-    anyio.run(main)
+__all__ = [
+    "FakeServer",
+    "Section",
+    "Target",
+    "cpu_clock",
+    "fake_server",
+    "machine",
+    "median",
+    "num",
+    "table",
+]
 
 
 @dataclass
-class FakeServer:
-    """A handle on the fake service running in a child process."""
+class Target:
+    """A goal a figure should meet, such as 'CPU ratio ≤ 1.25'."""
 
-    url: str
-    api_key: str
-    _conn: Any
+    what: str
+    value: float
+    limit: float
+    higher_is_better: bool = False
 
-    def jobs(self) -> dict[str, tuple[float, float]]:
-        """Return job id → (created, run end), on the shared monotonic clock."""
-        self._conn.send("jobs")
-        result: dict[str, tuple[float, float]] = self._conn.recv()
-        return result
+    @property
+    def met(self) -> bool:
+        """Whether the value is on the right side of the limit."""
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
 
-    def stats(self) -> dict[str, int]:
-        """Return the service's counters."""
-        self._conn.send("stats")
-        result: dict[str, int] = self._conn.recv()
-        return result
+    def line(self) -> str:
+        """Describe the target and whether it was met, in one line."""
+        sign = "≥" if self.higher_is_better else "≤"
+        verdict = "met" if self.met else "**missed**"
+        return f"{self.what}: {_cell(self.value)} (target {sign} {_cell(self.limit)}): {verdict}"
 
 
-@contextmanager
-def fake_server(plan: str | None = None, **options: Any) -> Iterator[FakeServer]:
-    """Start FakeShortAPI in a separate process (so its CPU is not counted as the client's)."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(child, options, plan), daemon=True)
-    process.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("the fake service did not start")
-        info = parent.recv()
-        yield FakeServer(url=info["url"], api_key=info["api_key"], _conn=parent)
-    finally:
-        parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
+@dataclass
+class Section:
+    """One benchmark's result."""
+
+    key: str
+    title: str
+    header: list[str]
+    rows: list[list[object]]
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Named (x, y) series for plots: {"shortwan": [(queries, lag), ...], ...}.
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        """Render the section as Markdown: table, targets, notes."""
+        text = table(self.title, self.header, self.rows)
+        if self.targets:
+            text += "\n" + "\n".join(f"- {t.line()}" for t in self.targets) + "\n"
+        if self.notes:
+            text += "\n" + "\n".join(self.notes) + "\n"
+        return text
+
+
+def combine(runs: Sequence[Section]) -> Section:
+    """Merge repeated runs of one benchmark: every numeric cell becomes the median of its runs."""
+    first = runs[0]
+    rows = []
+    for r, row in enumerate(first.rows):
+        merged: list[object] = []
+        for c, cell in enumerate(row):
+            values = [run.rows[r][c] for run in runs if r < len(run.rows) and c < len(run.rows[r])]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            merged.append(median(numbers) if len(numbers) == len(values) > 1 else cell)
+        rows.append(merged)
+    targets = [
+        Target(t.what, median([run.targets[i].value for run in runs]), t.limit, t.higher_is_better)
+        for i, t in enumerate(first.targets)
+    ]
+    notes = list(first.notes)
+    if len(runs) > 1:
+        notes.append(f"Medians of {len(runs)} runs.")
+    return Section(first.key, first.title, first.header, rows, targets, notes, first.series)
 
 
 @contextmanager
@@ -106,25 +109,39 @@ def cpu_clock() -> Iterator[dict[str, float]]:
         result["wall"] = time.perf_counter() - wall
 
 
+def num(value: object) -> float:
+    """Return a table cell as a number (cells are typed ``object``)."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
 def median(values: Sequence[float]) -> float:
     """Return the median, NaN for nothing."""
     return statistics.median(values) if values else math.nan
 
 
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Render a Markdown table with a title."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-        return str(value)
-
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def machine() -> str:
     """Describe the machine in one line."""
-    return f"{os.cpu_count()} cores, Python {os.sys.version.split()[0]}"
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"{platform.system()}"
+    )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from functools import partial
 
 import anyio
 
-from benchmarks._harness import machine, median, table
-from benchmarks.engine import MEDIAN_JOB, SCALE, SIGMA, requests, scaled
+from benchmarks._harness import Section, Target, machine, median, num
+from benchmarks.engine import MEDIAN_JOB, SIGMA, plan_for, requests, scaled
 from shortwan import AsyncShortWan, ImageToVideo, PollPolicy
 from shortwan.callbacks import CallbackReceiver
 from shortwan.testing import FakeProcess, fake_process
@@ -46,39 +47,38 @@ async def run(
     return int(server.stats()["queries"]) - int(before)
 
 
-def bench(quick: bool) -> str:
-    """Measure both contenders on the same jobs and return a Markdown table."""
+def bench(quick: bool) -> Section:
+    """Measure both contenders on the same jobs."""
     n = 300 if quick else 1000
-    poll = scaled(PollPolicy(), 1 / SCALE)
-    rows = []
-    with fake_process(
-        plan="benchmarks.engine.lognormal_plan", callback_delay=CALLBACK_DELAY
-    ) as server:
+    plan, scale = plan_for(quick)
+    poll = scaled(PollPolicy(), 1 / scale)
+    rows: list[list[object]] = []
+    with fake_process(plan=plan, callback_delay=CALLBACK_DELAY) as server:
         for name, callbacks in (("polling only", False), ("callbacks", True)):
             reqs = requests(n, f"cb-{callbacks}")
             detected: dict[str, float] = {}
-            queries = anyio.run(
-                lambda r=reqs, d=detected, c=callbacks: run(server, r, poll, d, callbacks=c)
-            )
+            queries = anyio.run(partial(run, server, reqs, poll, detected, callbacks=callbacks))
             jobs = server.jobs()
             after_end = [at - jobs[job_id][1] for job_id, at in detected.items()]
             rows.append([name, queries / n, median(after_end) * 1000])
-    base = rows[0][1]
+    base = num(rows[0][1])
     for row in rows:
-        row.insert(2, row[1] / base)
-    cb_queries, cb_ms = rows[1][1], rows[1][3]
-    target_ms = CALLBACK_DELAY * 1000 + 50
-    return (
-        table(
-            f"Callbacks vs polling: {n} jobs, lognormal running time (median {MEDIAN_JOB:.0f} s, "
-            f"σ {SIGMA}, time scaled {SCALE:.0f}×), callbacks {CALLBACK_DELAY * 1000:.0f} ms "
-            f"after each job's end; {machine()}",
-            ["client", "queries per job", "× polling", "median ms from job end to result"],
-            rows,
-        )
-        + f"\nTargets: ≤ 1.1 queries per job ({cb_queries:.3f}: "
-        f"{'met' if cb_queries <= 1.1 else 'missed'}); median ≤ {target_ms:.0f} ms "
-        f"({cb_ms:.0f} ms: {'met' if cb_ms <= target_ms else 'missed'}).\n"
+        row.insert(2, num(row[1]) / base)
+    return Section(
+        key="callbacks",
+        title=f"Callbacks vs polling: {n} jobs, lognormal running time (median "
+        f"{MEDIAN_JOB:.0f} s, σ {SIGMA}, time scaled {scale:.0f}×), callbacks "
+        f"{CALLBACK_DELAY * 1000:.0f} ms after each job's end",
+        header=["client", "queries per job", "× polling", "median ms from job end to result"],
+        rows=rows,
+        targets=[
+            Target("queries per job with callbacks", num(rows[1][1]), 1.1),
+            Target(
+                "median ms from job end to result with callbacks",
+                num(rows[1][3]),
+                CALLBACK_DELAY * 1000 + 50,
+            ),
+        ],
     )
 
 
@@ -86,7 +86,8 @@ def main() -> None:
     """Parse the arguments and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="300 jobs instead of 1,000")
-    print(bench(parser.parse_args().quick))
+    print(f"shortwan callback benchmarks — {machine()}\n")
+    print(bench(parser.parse_args().quick).markdown())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks of shortwan against hand-written baselines: ``python -m benchmarks``."""
