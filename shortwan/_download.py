@@ -20,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._config import RetryPolicy, Timeouts
 from ._errors import DownloadError
@@ -30,11 +31,17 @@ __all__ = ["Downloader", "safe_name"]
 logger = logging.getLogger("shortwan")
 
 _CHUNK: Final = 256 * 1024
-_FLUSH: Final = 4 * 1024 * 1024
+_FLUSH: Final = 2 * 1024 * 1024
+# Blocks waiting for the writer thread: the network keeps flowing while the disk catches up,
+# and memory stays bounded (this many blocks of _FLUSH bytes, plus the one being filled).
+_QUEUED_BLOCKS: Final = 3
+# Flush to disk as the file grows, so the fsync before the rename has little left to do.
+_SYNC_EVERY: Final = 64 * 1024 * 1024
 _MAX_REDIRECTS: Final = 5
 _EXPIRED: Final = frozenset({401, 403, 404, 410})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_datasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 Refresh = Callable[[], Awaitable[str | None]]
 
@@ -254,25 +261,33 @@ class Downloader:
         handle = await anyio.to_thread.run_sync(_open_part, part, append)
         try:
             start = handle.tell()
-            written = 0
-            buffer = bytearray()
-            try:
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    buffer += chunk
-                    if len(buffer) >= _FLUSH:
-                        await anyio.to_thread.run_sync(handle.write, bytes(buffer))
-                        written += len(buffer)
-                        buffer.clear()
-            finally:
-                # Keep what did arrive, even when the body broke off: the next attempt resumes
-                # from there with a Range request.
-                if buffer:
+            writer = _Writer(handle)
+            broken: BaseException | None = None
+            send, receive = anyio.create_memory_object_stream[bytearray](_QUEUED_BLOCKS)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.drain, receive)
+                buffer = bytearray()
+                try:
+                    async for chunk in response.content.iter_chunked(_CHUNK):
+                        buffer += chunk
+                        if len(buffer) >= _FLUSH:
+                            await send.send(buffer)
+                            buffer = bytearray()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    broken = exc
+                finally:
+                    # Keep what did arrive, even when the body broke off: the next attempt
+                    # resumes from there with a Range request.
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(handle.write, bytes(buffer))
-                    written += len(buffer)
+                        if buffer:
+                            await send.send(buffer)
+                        send.close()
+            if broken is not None:
+                raise broken
             await anyio.to_thread.run_sync(_sync, handle)
         finally:
             await anyio.to_thread.run_sync(handle.close)
+        written = writer.written
         if expected is not None and written != expected:
             raise _Retry(
                 DownloadError(
@@ -281,6 +296,29 @@ class Downloader:
                     job_id=job_id,
                 )
             )
+
+
+class _Writer:
+    """Writes blocks in a worker thread, in order, syncing to disk every _SYNC_EVERY bytes."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.written = 0
+        self._unsynced = 0
+
+    def _write(self, block: bytearray) -> None:
+        self.handle.write(block)
+        self._unsynced += len(block)
+        if self._unsynced >= _SYNC_EVERY:
+            self.handle.flush()
+            _datasync(self.handle.fileno())
+            self._unsynced = 0
+
+    async def drain(self, blocks: MemoryObjectReceiveStream[bytearray]) -> None:
+        async with blocks:
+            async for block in blocks:
+                await anyio.to_thread.run_sync(self._write, block)
+                self.written += len(block)
 
 
 def _check_url(url: str, job_id: str | None) -> None:
