@@ -174,12 +174,17 @@ def bench(quick: bool, size_mb: int | None = None) -> Section:
         header=["downloader", "seconds", "MiB/s", "RSS growth, MiB", "throughput vs plain"],
         rows=rows,
         targets=[
-            Target("throughput vs the plain copy", ratio, 0.9, higher_is_better=True),
+            *(
+                [Target("throughput vs the plain copy, 1 GiB", ratio, 0.9, higher_is_better=True)]
+                if size >= 1024 * MIB
+                else []
+            ),
             Target("resident memory growth, MiB", num(rows[1][3]), 32.0),
         ],
         notes=[
             "shortwan's time includes the fsync of the whole file and of its folder before the "
-            "rename, which the plain copy skips.",
+            "rename, which the plain copy skips. The throughput target is for 1 GiB; smaller "
+            "bodies weigh the fixed costs (client start, the final fsync) more.",
             *notes,
         ],
     )
