@@ -429,7 +429,8 @@ def job_id_problem(job_id: object) -> str | None:
     """Return why ``job_id`` cannot be a job id, or ``None`` when it can."""
     if not isinstance(job_id, str) or not job_id.strip():
         return f"a job id must be a non-empty string, got {str(job_id)[:40]!r}"
-    if len(job_id) > MAX_JOB_ID or any(not ch.isprintable() or ch.isspace() for ch in job_id):
+    # Separators other than the ASCII space are not printable, so this refuses all white space.
+    if len(job_id) > MAX_JOB_ID or not job_id.isprintable() or " " in job_id:
         return f"not a job id: {job_id[:40]!r}"
     return None
 
