@@ -118,6 +118,9 @@ class AsyncShortWan:
         max_finished_jobs: finished jobs kept in :attr:`jobs` (oldest dropped first); ``None``
             keeps all.
         query_budget: a shared query-rate budget to use instead of this client's own limiter.
+        max_in_flight: jobs this client has created and not seen end, at most (``None``: no
+            limit). A create waits for a slot; every ``submit``, ``generate`` and batch of the
+            client shares the slots, so several batches cannot together run past it.
         callbacks: a :class:`~shortwan.callbacks.CallbackReceiver`: every create then carries
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
@@ -139,8 +142,12 @@ class AsyncShortWan:
         ssl_context: ssl.SSLContext | None = None,
         max_finished_jobs: int | None = 10_000,
         query_budget: QueryBudget | None = None,
+        max_in_flight: int | None = None,
         callbacks: CallbackReceiver | None = None,
     ) -> None:
+        limit: object = max_in_flight
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise ConfigurationError(f"max_in_flight must be an int >= 1 or None, got {limit!r}")
         self._transport = Transport(
             api_key=_resolve_key(api_key),
             base_url=_resolve_base_url(base_url),
@@ -156,6 +163,7 @@ class AsyncShortWan:
             max_finished=max_finished_jobs,
             query_budget=query_budget,
             callbacks=callbacks,
+            max_in_flight=max_in_flight,
         )
         self._downloader = Downloader(
             session=self._transport.session,

@@ -49,10 +49,13 @@ class Engine:
         max_finished: int | None,
         query_budget: QueryBudget | None = None,
         callbacks: CallbackReceiver | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self.transport = transport
         self.callbacks = callbacks
         self._adoption_hooks: dict[str, Callable[[JobRecord], Awaitable[None]]] = {}
+        self.max_in_flight = max_in_flight
+        self._slots: anyio.Semaphore | None = None
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
         self._query_budget = query_budget
@@ -166,6 +169,38 @@ class Engine:
         fails, the job is still tracked and its error is raised.
         """
         self._ensure_running()
+        slots = self._slots
+        if slots is None and self.max_in_flight is not None:
+            slots = self._slots = anyio.Semaphore(self.max_in_flight)
+        if slots is not None:
+            # Waiting for a slot is cancellable: nothing has been sent yet.
+            await slots.acquire()
+        try:
+            record = await self._create(request, track=track, on_created=on_created)
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        if slots is not None:
+            # The slot is the job's until it ends (or the client lets go of it).
+            record.add_done_callback(lambda _record: slots.release())
+        # A caller cancelled during the shielded create learns of it now; the job stays tracked.
+        await checkpoint_if_cancelled()
+        logger.info(
+            "job %s created, charged %s",
+            record.id,
+            record.amount,
+            extra={"job_id": record.id, "amount": str(record.amount)},
+        )
+        return record
+
+    async def _create(
+        self,
+        request: ImageToVideo,
+        *,
+        track: bool,
+        on_created: Callable[[JobRecord], Awaitable[None]] | None,
+    ) -> JobRecord:
         token = callback_url = None
         receiver = self.callbacks
         if receiver is not None:
@@ -205,14 +240,6 @@ class Engine:
                     self.poller.track(record)
                 if receiver is not None and token is not None:
                     receiver.bind(token, record)
-        # A caller cancelled during the shielded create learns of it now; the job stays tracked.
-        await checkpoint_if_cancelled()
-        logger.info(
-            "job %s created, charged %s",
-            record.id,
-            record.amount,
-            extra={"job_id": record.id, "amount": str(record.amount)},
-        )
         return record
 
     def confirm(self, record: JobRecord) -> None:

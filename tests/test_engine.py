@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from shortwan import (
     AsyncShortWan,
+    ConfigurationError,
     ImageToVideo,
     InvalidRequestError,
     JobDetachedError,
@@ -380,3 +382,36 @@ class TestArguments:
             with pytest.raises(RuntimeError, match="bad line 2"):
                 await client.gather(source(), concurrency=1)
             assert len(client.jobs) == 1
+
+
+class TestMaxInFlight:
+    @pytest.mark.anyio
+    async def test_batches_share_the_client_limit(self) -> None:
+        """Two batches on one client never have more jobs running together than max_in_flight."""
+        async with FakeShortAPI(run_time=0.15) as fake:
+            async with client_for(fake, max_in_flight=3) as client:
+                first, second = await asyncio.gather(
+                    client.gather(reqs(8, "a"), concurrency=8),
+                    client.gather(reqs(8, "b"), concurrency=8),
+                )
+            spans = sorted((job.created_at, job.run_end) for job in fake.jobs.values())
+        assert all(o.ok for o in first + second)
+        # A slot frees only once the client has seen its job end, so at most 3 jobs overlap.
+        for start, _end in spans:
+            overlapping = sum(1 for s, e in spans if s <= start < e)
+            assert overlapping <= 3
+
+    @pytest.mark.anyio
+    async def test_waiting_for_a_slot_is_cancellable_and_sends_nothing(self) -> None:
+        """A submit waiting for a slot can be cancelled; it never reaches the service."""
+        async with FakeShortAPI(run_time=5) as fake, client_for(fake, max_in_flight=1) as client:
+            await client.submit(req("holds the slot"))
+            with anyio.move_on_after(0.2):
+                await client.submit(req("waits"))
+            assert fake.stats.creates_received == 1
+
+    @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+    def test_bad_limits_refused(self, bad: object) -> None:
+        """max_in_flight must be a positive int."""
+        with pytest.raises(ConfigurationError):
+            AsyncShortWan("ak-x", base_url="http://127.0.0.1:1", max_in_flight=bad)  # type: ignore[arg-type]
