@@ -51,6 +51,7 @@ from ._models import (
     Video,
 )
 from ._poller import QueryBudget, RateLimiter
+from ._retry import RetryEvent
 from ._table import JobEvent, JobRecord, JobState, JobTable
 
 try:
@@ -94,6 +95,7 @@ __all__ = [
     "QueryBudget",
     "RateLimitError",
     "RateLimiter",
+    "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",

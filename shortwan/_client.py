@@ -41,6 +41,7 @@ from ._models import (
     job_id_problem,
 )
 from ._poller import QueryBudget
+from ._retry import RetryHook
 from ._table import JobTable
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ class AsyncShortWan:
         max_in_flight: jobs this client has created and not seen end, at most (``None``: no
             limit). A create waits for a slot; every ``submit``, ``generate`` and batch of the
             client shares the slots, so several batches cannot together run past it.
+        on_retry: called with a :class:`RetryEvent` before each retry of a create, query or
+            download (operation, job id, attempt, delay, cause), for metrics; it must not block.
         callbacks: a :class:`~shortwan.callbacks.CallbackReceiver`: every create then carries
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
@@ -143,6 +146,7 @@ class AsyncShortWan:
         max_finished_jobs: int | None = 10_000,
         query_budget: QueryBudget | None = None,
         max_in_flight: int | None = None,
+        on_retry: RetryHook | None = None,
         callbacks: CallbackReceiver | None = None,
     ) -> None:
         limit: object = max_in_flight
@@ -171,6 +175,7 @@ class AsyncShortWan:
             retry=retry,
             max_concurrent=limits.max_downloads,
         )
+        self._transport.on_retry = self._downloader.on_retry = on_retry
         self._state = _State.UNOPENED
 
     def __repr__(self) -> str:

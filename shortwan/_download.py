@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._config import RetryPolicy, Timeouts
 from ._errors import DownloadError
-from ._retry import backoff_delay
+from ._retry import RetryEvent, RetryHook, backoff_delay, notify_retry
 
 __all__ = ["Downloader", "safe_name"]
 
@@ -112,6 +112,7 @@ class Downloader:
         self._retry = retry
         self._limit: anyio.Semaphore | None = None
         self._max_concurrent = max_concurrent
+        self.on_retry: RetryHook | None = None
 
     async def fetch(
         self,
@@ -176,6 +177,16 @@ class Downloader:
                 delay = backoff_delay(policy, attempt)
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise error from retry.__cause__
+                notify_retry(
+                    self.on_retry,
+                    RetryEvent(
+                        operation="download",
+                        job_id=job_id,
+                        attempt=attempt,
+                        delay=delay,
+                        error=error,
+                    ),
+                )
                 logger.info(
                     "download failed, resuming in %.2f s: %s",
                     delay,

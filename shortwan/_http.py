@@ -37,7 +37,14 @@ from ._errors import (
     TransportError,
     snippet,
 )
-from ._retry import Safety, backoff_delay, parse_retry_after
+from ._retry import (
+    RetryEvent,
+    RetryHook,
+    Safety,
+    backoff_delay,
+    notify_retry,
+    parse_retry_after,
+)
 
 __all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
 
@@ -211,6 +218,7 @@ class Transport:
         self._timeout: aiohttp.ClientTimeout | None = None
         # Told of every 429, so the query budget can slow down for everyone.
         self.on_rate_limit: Callable[[], None] | None = None
+        self.on_retry: RetryHook | None = None
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -344,6 +352,16 @@ class Transport:
                             "retries are spent, so the outcome is unknown",
                         ) from error
                     raise error from failure.__cause__
+                notify_retry(
+                    self.on_retry,
+                    RetryEvent(
+                        operation="create" if create else "query",
+                        job_id=job_id,
+                        attempt=attempt,
+                        delay=delay,
+                        error=error,
+                    ),
+                )
                 logger.info(
                     "retrying %s %s in %.2f s (attempt %d of %d): %s",
                     method,

@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import random
+from collections.abc import Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-from ._config import RetryPolicy, is_testing
+import attrs
 
-__all__ = ["Safety", "backoff_delay", "backoff_limit", "parse_retry_after"]
+from ._config import RetryPolicy, is_testing
+from ._errors import ShortWanError
+
+__all__ = [
+    "RetryEvent",
+    "RetryHook",
+    "Safety",
+    "backoff_delay",
+    "backoff_limit",
+    "notify_retry",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger("shortwan")
+
+
+@attrs.frozen(kw_only=True)
+class RetryEvent:
+    """A failed attempt that is about to be retried, for metrics and logs (``on_retry=``).
+
+    Attributes:
+        operation: ``"create"``, ``"query"`` or ``"download"``.
+        job_id: the job concerned, when known.
+        attempt: the number of the attempt that failed, from 1.
+        delay: seconds until the next attempt.
+        error: why the attempt failed.
+    """
+
+    operation: str
+    job_id: str | None
+    attempt: int
+    delay: float
+    error: ShortWanError
+
+
+RetryHook = Callable[[RetryEvent], object]
+
+
+def notify_retry(hook: RetryHook | None, event: RetryEvent) -> None:
+    """Tell ``hook`` about a retry; a hook that fails is logged, never lets the retry fail."""
+    if hook is None:
+        return
+    try:
+        hook(event)
+    except Exception:
+        logger.exception("the on_retry hook failed", extra={"job_id": event.job_id})
 
 
 class Safety(enum.Enum):

@@ -9,7 +9,16 @@ import anyio
 import pytest
 from aiohttp import web
 
-from shortwan import AsyncShortWan, DownloadError, ImageToVideo, PollPolicy, RetryPolicy, Video
+from shortwan import (
+    AsyncShortWan,
+    DownloadError,
+    ImageToVideo,
+    PollPolicy,
+    RetryEvent,
+    RetryPolicy,
+    ShortWanError,
+    Video,
+)
 from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 REQ = ImageToVideo(prompt="a fox", first_frame_image="https://example.com/a.png")
@@ -164,3 +173,33 @@ class TestSecondHost:
             assert "Authorization" not in headers
             assert api.api_key not in repr(headers)
         assert (tmp_path / "direct.mp4").read_bytes() == (tmp_path / "hop.mp4").read_bytes()
+
+
+class TestRetryEvents:
+    @pytest.mark.anyio
+    async def test_on_retry_sees_every_retry(self, tmp_path: Path) -> None:
+        """on_retry gets each retried create, query and download with its cause and attempt."""
+        events: list[RetryEvent] = []
+
+        def broken(_event: RetryEvent) -> None:
+            raise RuntimeError("a hook that fails must not break the retry")
+
+        async with FakeShortAPI() as fake:
+            fake.script("create", [Fault.UNAVAILABLE])
+            fake.script("query", [Fault.HTML_502, Fault.UNAVAILABLE])
+            fake.script("download", [Fault.UNAVAILABLE])
+            async with AsyncShortWan(
+                fake.api_key, base_url=fake.url, poll=POLL, on_retry=events.append
+            ) as client:
+                video = await client.generate(REQ)
+                await client.download(video, tmp_path / "v.mp4")
+            async with AsyncShortWan(
+                fake.api_key, base_url=fake.url, poll=POLL, on_retry=broken
+            ) as other:
+                fake.script("query", [Fault.UNAVAILABLE])
+                assert (await other.get_job(video.job_id)).id == video.job_id
+        kinds = [e.operation for e in events]
+        assert kinds == ["create", "query", "query", "download"]
+        assert [e.attempt for e in events] == [1, 1, 2, 1]
+        assert all(e.job_id == video.job_id for e in events[1:])
+        assert all(isinstance(e.error, ShortWanError) and e.delay >= 0 for e in events)
