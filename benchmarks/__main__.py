@@ -91,6 +91,20 @@ def plot(sections: dict[str, Section], folder: Path) -> list[str]:
     return made
 
 
+def targets_table(sections: dict[str, Section]) -> list[str]:
+    """Return the Markdown lines of a table of every target and whether it was met."""
+    lines = ["| benchmark | figure | value | target | |", "|---|---|---|---|---|"]
+    for key, section in sections.items():
+        for target in section.targets:
+            sign = "≥" if target.higher_is_better else "≤"
+            verdict = "met" if target.met else "**missed**"
+            lines.append(
+                f"| {key} | {target.what} | {target.value:.3g} | {sign} {target.limit:g} "
+                f"| {verdict} |"
+            )
+    return lines
+
+
 def results_markdown(
     sections: dict[str, Section], plots: list[str], quick: bool, runs: int, seconds: float
 ) -> str:
@@ -107,17 +121,8 @@ def results_markdown(
         "",
         "## Targets",
         "",
-        "| benchmark | figure | value | target | |",
-        "|---|---|---|---|---|",
+        *targets_table(sections),
     ]
-    for key, section in sections.items():
-        for target in section.targets:
-            sign = "≥" if target.higher_is_better else "≤"
-            verdict = "met" if target.met else "**missed**"
-            lines.append(
-                f"| {key} | {target.what} | {target.value:.3g} | {sign} {target.limit:g} "
-                f"| {verdict} |"
-            )
     lines.append("")
     for name in plots:
         lines += [f"![{name[:-4]}]({name})", ""]
@@ -136,17 +141,8 @@ def readme_block(sections: dict[str, Section], plots: list[str], quick: bool) ->
         f"{'a quick' if quick else 'one'} run on {machine()}; full tables in "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).",
         "",
-        "| benchmark | figure | value | target | |",
-        "|---|---|---|---|---|",
+        *targets_table(sections),
     ]
-    for key, section in sections.items():
-        for target in section.targets:
-            sign = "≥" if target.higher_is_better else "≤"
-            verdict = "met" if target.met else "**missed**"
-            lines.append(
-                f"| {key} | {target.what} | {target.value:.3g} | {sign} {target.limit:g} "
-                f"| {verdict} |"
-            )
     lines.append("")
     for name in plots:
         lines += [f"![{name[:-4]}](benchmarks/{name})", ""]

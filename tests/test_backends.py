@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import uvicorn
 from aiohttp import web
 
 from shortwan import PollPolicy
-from shortwan.testing import FakeShortAPI, set_testing
+from shortwan.testing import FakeShortAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -27,13 +27,6 @@ POLL = PollPolicy(
     min_interval=0.02, max_interval=0.2, prior_seconds_per_video_second=0.01, callback_interval=5
 )
 ARGS = {"prompt": "a fox", "first_frame_image": "https://example.com/a.png", "duration": 3}
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def free_port() -> int:

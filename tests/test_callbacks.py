@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from shortwan import (
 )
 from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import EntryState, Journal, request_key
-from shortwan.testing import FakeShortAPI, Fault, set_testing
+from shortwan.testing import FakeShortAPI, Fault
 
 URL = "https://example.com/frame.png"
 EVIL = "https://evil.example/planted.mp4"
@@ -38,13 +38,6 @@ def poll(callback_interval: float = 5.0) -> PollPolicy:
         max_concurrent_queries=32,
         callback_interval=callback_interval,
     )
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def reqs(n: int, tag: str = "cb") -> list[ImageToVideo]:

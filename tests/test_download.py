@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -19,17 +18,10 @@ from shortwan import (
     ShortWanError,
     Video,
 )
-from shortwan.testing import FakeShortAPI, Fault, set_testing
+from shortwan.testing import FakeShortAPI, Fault
 
 REQ = ImageToVideo(prompt="a fox", first_frame_image="https://example.com/a.png")
 POLL = PollPolicy(min_interval=0.02, max_interval=0.1, prior_seconds_per_video_second=0.001)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def client_for(fake: FakeShortAPI) -> AsyncShortWan:

@@ -39,13 +39,6 @@ POLL = PollPolicy(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
-
-
 def client_for(fake: FakeShortAPI, **kwargs: object) -> AsyncShortWan:
     kwargs.setdefault("poll", POLL)
     return AsyncShortWan(fake.api_key, base_url=fake.url, **kwargs)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import logging
 import ssl
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,6 @@ bodies = (
     | envelopes.map(lambda v: json.dumps(v).encode())
 )
 retry_afters = st.none() | st.text(max_size=30) | st.integers(-5, 10**9).map(str)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 async def answering(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from shortwan import (
     Video,
 )
 from shortwan.journal import EntryState, Journal, request_key
-from shortwan.testing import FakeShortAPI, Fault, JobPlan, set_testing
+from shortwan.testing import FakeShortAPI, Fault, JobPlan
 
 URL = "https://example.com/frame.png"
 POLL = PollPolicy(
@@ -36,13 +35,6 @@ POLL = PollPolicy(
     max_queries_per_second=2000,
     max_concurrent_queries=32,
 )
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def client_for(fake: FakeShortAPI) -> AsyncShortWan:

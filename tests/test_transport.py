@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import ClassVar
 
@@ -29,17 +29,10 @@ from shortwan import (
     Timeouts,
     TransportError,
 )
-from shortwan.testing import FakeShortAPI, Fault, set_testing
+from shortwan.testing import FakeShortAPI, Fault
 
 URL = "https://example.com/frame.png"
 FAST = Timeouts(connect=2.0, pool=2.0, read=0.5, request=2.0)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 @pytest.fixture

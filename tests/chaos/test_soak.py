@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from shortwan import (
 )
 from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import Journal
-from shortwan.testing import FakeShortAPI, Fault, set_testing
+from shortwan.testing import FakeShortAPI, Fault
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -66,13 +65,6 @@ FAULTS = {
         Fault.HTML_502: 0.03,
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def requests() -> list[ImageToVideo]:
