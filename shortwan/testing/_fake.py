@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from importlib import resources
@@ -255,6 +255,9 @@ class FakeShortAPI:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Request handlers still running: a slow answer whose client has gone away keeps running
+        # after aiohttp's shutdown gives up on it, so close ends them itself.
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.url = ""
 
     @property
@@ -268,7 +271,7 @@ class FakeShortAPI:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> FakeShortAPI:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._track_handler])
         app.router.add_post("/api/v1/job/create", self._create)
         app.router.add_get("/api/v1/job/query", self._query)
         app.router.add_get("/files/{name}", self._file)
@@ -301,9 +304,26 @@ class FakeShortAPI:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for handler in self._handlers:
+            handler.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @web.middleware
+    async def _track_handler(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - aiohttp always runs handlers in a task
+            return await handler(request)
+        self._handlers.add(task)
+        try:
+            return await handler(request)
+        finally:
+            self._handlers.discard(task)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
