@@ -118,7 +118,6 @@ def _api_error(
 
 def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
     """Return the ``data`` object of a successful answer, or raise :class:`_Failure`."""
-    body_text = snippet(raw)
     try:
         parsed = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -129,7 +128,7 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
     code = parsed.get("code") if isinstance(parsed, dict) else None
     if isinstance(parsed, dict) and isinstance(code, int) and not isinstance(code, bool):
         if code != 0:
-            raise _api_error(status, code, _message(parsed), body_text, retry_after)
+            raise _api_error(status, code, _message(parsed), snippet(raw), retry_after)
         if 200 <= status < 300:
             data = parsed.get("data")
             if data is None:
@@ -139,18 +138,18 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
                     MalformedResponseError(
                         f"'data' is {type(data).__name__}, not an object",
                         status=status,
-                        body=body_text,
+                        body=snippet(raw),
                         paths=["data"],
                     ),
                     Safety.UNCERTAIN,
                 )
             return data
     if status >= 400:
-        raise _api_error(status, None, None, body_text, retry_after)
+        raise _api_error(status, None, None, snippet(raw), retry_after)
     error = MalformedResponseError(
         f"HTTP {status} answer is not the service's JSON envelope",
         status=status,
-        body=body_text,
+        body=snippet(raw),
     )
     if cause is not None:
         error.__cause__ = cause
