@@ -20,7 +20,8 @@ known::
     ├── JobTimeoutError (TimeoutError)       our deadline passed; the remote job may still finish
     ├── JobDetachedError                     the client was closed before the job ended
     ├── SpendLimitError                      not sent: it would have crossed the spend cap
-    └── DownloadError                        the video could not be fetched
+    ├── DownloadError                        the video could not be fetched
+    └── JournalError                         a batch journal could not record or read something
 
 aiohttp, json and cattrs exceptions never reach the caller untranslated; they are kept as
 ``__cause__``.
@@ -41,6 +42,7 @@ __all__ = [
     "JobDetachedError",
     "JobFailedError",
     "JobTimeoutError",
+    "JournalError",
     "MalformedResponseError",
     "RateLimitError",
     "ServerError",
@@ -280,3 +282,11 @@ class DownloadError(ShortWanError):
         super().__init__(message, job_id=job_id)
         self.url = url
         self.status = status
+
+
+class JournalError(ShortWanError):
+    """A batch journal could not record or read something; the cause is kept as ``__cause__``.
+
+    A write that raised it was not recorded (its transaction was rolled back), so the journal
+    still says what it said before, and it stays usable for later writes.
+    """

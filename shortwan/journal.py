@@ -8,6 +8,9 @@ whether it was never sent, maybe sent, created (and which job), or done.
 
 SQLite in WAL mode, written by one thread of its own: every write waiting at the same moment is
 committed together (one fsync for many jobs), and the event loop never blocks on the disk.
+
+A write that cannot be recorded raises :class:`JournalError` (a :class:`~shortwan.ShortWanError`);
+the journal keeps working for the writes after it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import enum
 import hashlib
 import json
+import math
 import os
 import queue
 import sqlite3
@@ -32,14 +36,18 @@ import anyio
 import attrs
 
 from ._convert import request_args
-from ._errors import JobFailedError, ShortWanError
+from ._errors import JobFailedError, JournalError, ShortWanError
 from ._models import ImageToVideo, Video
 
-__all__ = ["Entry", "EntryState", "Journal", "request_key"]
+__all__ = ["Entry", "EntryState", "Journal", "JournalError", "request_key"]
 
 _T = TypeVar("_T")
 
 SCHEMA_VERSION: Final = 1
+
+# SQLite INTEGER is a signed 64-bit number; a larger Python int raises OverflowError when bound.
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -191,16 +199,52 @@ def request_key(request: ImageToVideo) -> str:
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()[:40]
 
 
-class _Writer(threading.Thread):
-    """Owns the SQLite connection; runs every operation in order, committing them in groups."""
+def _int64(value: int | None) -> int | None:
+    """Clamp ``value`` into SQLite's INTEGER range, so a number from the service cannot overflow."""
+    if value is None:
+        return None
+    return min(max(value, _INT64_MIN), _INT64_MAX)
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait until the writer thread settled ``future``, even through a native cancellation.
+
+    An anyio shield does not stop ``task.cancel()`` (``asyncio.wait_for``, ``asyncio.timeout``, web
+    frameworks): the wait goes through :func:`asyncio.shield`, so the future itself is never
+    cancelled, and a cancellation that arrives meanwhile is re-raised once the thread is done with
+    it, so a cancelled caller never leaves before its write is on disk.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        except Exception:  # Settled with an error: the caller reads it from future.result().
+            break
+    if cancelled is not None:
+        if not future.cancelled():
+            future.exception()  # Nobody will read it now: mark it retrieved.
+        raise cancelled
+
+
+_Item = tuple[Callable[[sqlite3.Connection], Any], bool, asyncio.Future[Any]]
+_Done = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+class _Writer(threading.Thread):
+    """Owns the SQLite connection; runs every operation in order, committing them in groups.
+
+    The thread lives as long as the journal is open: whatever an operation or a transaction raises
+    becomes a :class:`JournalError` for the operations it concerns, never the end of the thread.
+    """
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout: float) -> None:
         super().__init__(name=f"shortwan-journal {path.name}", daemon=True)
         self.path = path
         self.synchronous = synchronous
-        self.jobs: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], bool, asyncio.Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self.busy_timeout = busy_timeout
+        self.jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.stopped: asyncio.Future[None] = self.loop.create_future()
@@ -209,6 +253,7 @@ class _Writer(threading.Thread):
         self, future: asyncio.Future[Any], result: Any, error: BaseException | None
     ) -> None:
         def settle() -> None:
+            # A future that is already done (cancelled by a caller that left) has nobody waiting.
             if future.done():
                 return
             if error is not None:
@@ -220,39 +265,48 @@ class _Writer(threading.Thread):
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(settle)
 
+    def _error(self, exc: BaseException, what: str = "") -> JournalError:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            text += (
+                f" (another connection held the write lock for more than "
+                f"busy_timeout={self.busy_timeout:g} s)"
+            )
+        error = JournalError(f"journal {self.path}: {what}{text}")
+        error.__cause__ = exc
+        return error
+
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={round(self.busy_timeout * 1000)}")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO meta (name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif row[0] != str(SCHEMA_VERSION):
-                conn.close()
-                raise ShortWanError(
-                    f"{self.path} is a shortwan journal of schema {row[0]}; this version reads "
-                    f"schema {SCHEMA_VERSION}"
-                )
-        except sqlite3.Error:
+        except BaseException:
             conn.close()
             raise
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            conn.close()
+            raise JournalError(
+                f"{self.path} is a shortwan journal of schema {row[0]}; this version reads "
+                f"schema {SCHEMA_VERSION}"
+            )
         return conn
 
     def run(self) -> None:
         try:
             conn = self._open()
-        except (sqlite3.Error, OSError, ShortWanError) as exc:
-            error: ShortWanError = (
-                exc
-                if isinstance(exc, ShortWanError)
-                else ShortWanError(f"cannot open the journal {self.path}: {exc}")
-            )
+        except Exception as exc:  # Every failure to open is reported to the caller.
+            error = exc if isinstance(exc, JournalError) else self._error(exc, "cannot open it: ")
             self._settle(self.ready, None, error)
             self._settle(self.stopped, None, None)
             return
@@ -261,6 +315,14 @@ class _Writer(threading.Thread):
             self._serve(conn)
         finally:
             conn.close()
+            # Nothing is served any more: whatever is still queued fails instead of hanging.
+            while True:
+                try:
+                    item = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._settle(item[2], None, JournalError(f"journal {self.path} is closed"))
             self._settle(self.stopped, None, None)
 
     def _serve(self, conn: sqlite3.Connection) -> None:
@@ -272,32 +334,60 @@ class _Writer(threading.Thread):
                     batch.append(self.jobs.get_nowait())
                 except queue.Empty:
                     break
-            stop = False
-            done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            writes = [item for item in batch if item is not None and item[1]]
-            if writes:
-                conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                if item is None:
-                    stop = True
-                    continue
-                func, _write, future = item
-                try:
-                    done.append((future, func(conn), None))
-                except (sqlite3.Error, ValueError, TypeError) as exc:
-                    done.append((future, None, ShortWanError(f"journal {self.path}: {exc}")))
-            if writes:
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    failed = ShortWanError(f"journal {self.path}: commit failed: {exc}")
-                    done = [(future, None, failed) for future, _result, _error in done]
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+            items = [item for item in batch if item is not None]
+            try:
+                done = self._group(conn, items)
+            except Exception as exc:  # Not expected; still, the thread must outlive it.
+                done = [(future, None, self._error(exc)) for *_, future in items]
             for future, result, error in done:
                 self._settle(future, result, error)
-            if stop:
+            if len(items) < len(batch):
                 return
+
+    def _group(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Done]:
+        """Run ``items`` in order, the writes in one transaction; return how each one ended.
+
+        Failures are handled at two levels. An operation that raises is rolled back to a savepoint
+        taken just before it, alone: its neighbours in the group are not its business and are
+        committed, and its caller gets the error knowing nothing of it was recorded. A failure of
+        the transaction itself (``BEGIN`` kept out by a lock past the busy timeout, ``COMMIT``, an
+        error after which SQLite dropped the transaction) fails every operation of the group the
+        same way, after a rollback: no caller is told "done" for a write that is not on disk, and
+        none is told "failed" for one that is. Retrying them one by one is not worth it there: the
+        cause (a lock, a full disk) is shared, and a retry would wait out the busy timeout again.
+        """
+        if not any(write for _func, write, _future in items):
+            return [self._one(conn, item) for item in items]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            done = [self._one(conn, item, savepoint=True) for item in items]
+            conn.execute("COMMIT")
+        except Exception as exc:  # Reported to every caller of the group.
+            if conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+            return [
+                (future, None, self._error(exc, "not recorded: " if write else ""))
+                for _func, write, future in items
+            ]
+        return done
+
+    def _one(self, conn: sqlite3.Connection, item: _Item, *, savepoint: bool = False) -> _Done:
+        func, _write, future = item
+        if savepoint:
+            conn.execute("SAVEPOINT operation")
+        try:
+            result = func(conn)
+        except Exception as exc:  # Any failure of one operation is its caller's.
+            if savepoint:
+                if not conn.in_transaction:
+                    raise  # SQLite rolled the whole transaction back: the group failed.
+                conn.execute("ROLLBACK TO operation")
+                conn.execute("RELEASE operation")
+            return (future, None, self._error(exc))
+        if savepoint:
+            conn.execute("RELEASE operation")
+        return (future, result, None)
 
 
 class Journal:
@@ -315,15 +405,25 @@ class Journal:
         path: the database file; its folder is created if needed.
         synchronous: ``"full"`` (default) survives a power cut; ``"normal"`` survives a crash of
             the process but may lose the last commits on power loss, and is faster.
+        busy_timeout: how long, in seconds, a write waits for another connection (another
+            process, the ``sqlite3`` shell) to release the file's write lock before it fails with
+            :class:`JournalError`.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: Literal["full", "normal"] = "full"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        busy_timeout: float = 10.0,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        if not (math.isfinite(busy_timeout) and busy_timeout >= 0):
+            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self.path = Path(path)
         self._synchronous = synchronous.upper()
+        self._busy_timeout = float(busy_timeout)
         self._writer: _Writer | None = None
         self._closed = False
 
@@ -348,7 +448,7 @@ class Journal:
             raise RuntimeError("this journal is closed; open a new one")
         writer = self._writer
         if writer is None:
-            writer = self._writer = _Writer(self.path, self._synchronous)
+            writer = self._writer = _Writer(self.path, self._synchronous, self._busy_timeout)
             writer.start()
         elif writer.loop is not asyncio.get_running_loop():
             raise RuntimeError("a journal is used from one event loop only")
@@ -363,16 +463,26 @@ class Journal:
             return
         writer.jobs.put(None)
         with anyio.CancelScope(shield=True):
-            await writer.stopped
-            await anyio.to_thread.run_sync(writer.join)
+            try:
+                await _settled(writer.stopped)
+            finally:
+                await anyio.to_thread.run_sync(writer.join)
 
     async def _call(self, func: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
         writer = await self._open()
+        if self._writer is not writer:
+            # Closed while it was opening: the writer may be gone, nobody would run this.
+            raise RuntimeError("this journal is closed; open a new one")
         future: asyncio.Future[_T] = writer.loop.create_future()
         writer.jobs.put((func, write, future))
-        # A write that was handed over finishes; the caller must not believe it did not happen.
-        with anyio.CancelScope(shield=write):
-            await asyncio.wait({future})
+        if write:
+            # A write that was handed over finishes; the caller must not believe it did not
+            # happen. The anyio shield holds off anyio cancel scopes, _settled a native cancel.
+            with anyio.CancelScope(shield=True):
+                await _settled(future)
+        else:
+            # A read may be abandoned; shielding keeps the future uncancelled for the thread.
+            await asyncio.shield(future)
         return future.result()
 
     # --- reads ---------------------------------------------------------------------------------
@@ -467,7 +577,10 @@ class Journal:
         video: Video | None = None,
         error: JobFailedError | None = None,
     ) -> None:
-        """Record how the job of ``key`` ended: with ``video`` or with ``error``."""
+        """Record how the job of ``key`` ended: with ``video`` or with ``error``.
+
+        A raw status outside SQLite's 64-bit range is stored clamped to that range.
+        """
         if (video is None) == (error is None):
             raise ValueError("give either a video or an error")
         if video is not None:
@@ -480,7 +593,7 @@ class Journal:
                 error_type=type(error).__name__,
                 error_message=error.reason,
                 refunded=None if error.refunded is None else int(error.refunded),
-                raw_status=error.status,
+                raw_status=_int64(error.status),
             )
 
     async def downloaded(self, key: str, path: str | os.PathLike[str]) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,7 +28,7 @@ from shortwan import (
     SubmissionUncertainError,
     Video,
 )
-from shortwan.journal import EntryState, Journal, request_key
+from shortwan.journal import EntryState, Journal, JournalError, request_key
 from shortwan.testing import FakeShortAPI, Fault, JobPlan
 
 URL = "https://example.com/frame.png"
@@ -183,6 +187,155 @@ class TestJournalRows:
             ImageToVideo(prompt="fox", first_frame_image=URL, duration=6)
         )
         assert request_key(a).startswith("sha256:")
+
+
+@contextmanager
+def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the journal's write lock from another connection, as another process would."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        if other.in_transaction:
+            other.rollback()
+        other.close()
+
+
+@contextmanager
+def loop_errors() -> Iterator[list[dict[str, Any]]]:
+    """Collect what the event loop reports to its exception handler ("Exception in callback")."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        yield errors
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def entry_of(journal: Journal, key: str) -> tuple[EntryState, str | None] | None:
+    entry = await journal.get(key)
+    return None if entry is None else (entry.state, entry.job_id)
+
+
+class TestJournalFailures:
+    @pytest.mark.anyio
+    async def test_status_beyond_int64_is_stored_clamped(self, tmp_path: Path) -> None:
+        """A raw status too big for SQLite INTEGER is stored clamped; the writer lives on."""
+        async with Journal(tmp_path / "j.db") as journal:
+            for key, status in (("big", 2**70), ("small", -(2**70))):
+                await journal.intent(key, model="m", estimate=Decimal(1))
+                await journal.submitted(key, job_id=key, amount=Decimal(1))
+                await journal.finished(key, error=JobFailedError(key, "x", status=status))
+            big, small = await journal.get("big"), await journal.get("small")
+            await journal.intent("later", model="m", estimate=Decimal(1))
+        assert big is not None
+        assert small is not None
+        assert (big.state, big.raw_status) == (EntryState.FINISHED, 2**63 - 1)
+        assert small.raw_status == -(2**63)
+        assert isinstance(big.error, JobFailedError)
+
+    @pytest.mark.anyio
+    async def test_locked_file_fails_the_writes_then_recovers(self, tmp_path: Path) -> None:
+        """A lock held past busy_timeout fails the waiting writes, records none; later ones land."""
+        path = tmp_path / "j.db"
+        async with Journal(path, busy_timeout=0.1) as journal:
+            await journal.intent("a", model="m", estimate=Decimal(1))
+            with write_lock(path):
+                results = await asyncio.gather(
+                    journal.submitted("a", job_id="j1", amount=Decimal(1)),
+                    journal.intent("b", model="m", estimate=Decimal(1)),
+                    return_exceptions=True,
+                )
+            for result in results:
+                assert isinstance(result, JournalError)
+                assert "locked" in str(result)
+                assert "busy_timeout=0.1 s" in str(result)
+                assert isinstance(result.__cause__, sqlite3.OperationalError)
+            assert await entry_of(journal, "a") == (EntryState.INTENT, None)
+            assert await journal.get("b") is None
+            # The writer survived: the same writes succeed once the lock is gone.
+            await journal.submitted("a", job_id="j1", amount=Decimal(1))
+            await journal.intent("b", model="m", estimate=Decimal(1))
+            assert await entry_of(journal, "a") == (EntryState.SUBMITTED, "j1")
+            assert await entry_of(journal, "b") == (EntryState.INTENT, None)
+
+    @pytest.mark.anyio
+    async def test_failed_operation_is_undone_alone(self, tmp_path: Path) -> None:
+        """An operation that raises mid-group is rolled back; its neighbours are committed."""
+        path = tmp_path / "j.db"
+
+        def bad(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO requests (key, state, model, estimate, updated) "
+                "VALUES ('bad', 'intent', 'm', '1', 0)"
+            )
+            raise RuntimeError("boom")  # any exception, not only sqlite3's
+
+        async with Journal(path, busy_timeout=5) as journal:
+            await journal.get("warm-up")
+            with write_lock(path) as other:
+                # The writer waits on the lock with the first write alone in its group, so the
+                # next three queue up and run as one group.
+                first = asyncio.ensure_future(journal.intent("a", model="m", estimate=Decimal(1)))
+                await asyncio.sleep(0.1)
+                group = asyncio.gather(
+                    journal.intent("b", model="m", estimate=Decimal(1)),
+                    journal._call(bad, write=True),
+                    journal.intent("c", model="m", estimate=Decimal(1)),
+                    return_exceptions=True,
+                )
+                await asyncio.sleep(0.05)
+                other.rollback()
+                await first
+                b, failed, c = await group
+            assert not isinstance(b, BaseException)
+            assert not isinstance(c, BaseException)
+            assert (b.state, c.state) == (EntryState.INTENT, EntryState.INTENT)
+            assert isinstance(failed, JournalError)
+            assert isinstance(failed.__cause__, RuntimeError)
+            assert "boom" in str(failed)
+            assert await journal.get("bad") is None
+            assert {e.key for e in await journal.entries()} == {"a", "b", "c"}
+            await journal.forget("c")  # and the writer goes on
+            assert await journal.get("c") is None
+
+    @pytest.mark.anyio
+    async def test_native_cancel_waits_for_the_write(self, tmp_path: Path) -> None:
+        """asyncio.wait_for cancelling a write returns once it is on disk, with no loop error."""
+        path = tmp_path / "j.db"
+        async with Journal(path, busy_timeout=5) as journal:
+            await journal.intent("a", model="m", estimate=Decimal(1))
+            with loop_errors() as errors:
+                with write_lock(path) as other:
+                    asyncio.get_running_loop().call_later(0.3, other.rollback)
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(
+                            journal.submitted("a", job_id="j1", amount=None), timeout=0.01
+                        )
+                    # The cancellation came through only after the write was recorded.
+                    assert not other.in_transaction
+                    assert await entry_of(journal, "a") == (EntryState.SUBMITTED, "j1")
+                # A read behind a blocked write can be abandoned; its answer comes later, unread.
+                with write_lock(path) as other:
+                    asyncio.get_running_loop().call_later(0.2, other.rollback)
+                    write = asyncio.ensure_future(journal.uncertain("a"))
+                    await asyncio.sleep(0.02)
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(journal.get("a"), timeout=0.01)
+                    await write
+                await journal.intent("b", model="m", estimate=Decimal(1))
+                await asyncio.sleep(0.05)
+            assert errors == []
+            assert await entry_of(journal, "a") == (EntryState.UNCERTAIN, "j1")
+
+    def test_busy_timeout_is_checked(self, tmp_path: Path) -> None:
+        """A negative or infinite busy_timeout is refused at construction."""
+        for bad in (-1.0, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="busy_timeout"):
+                Journal(tmp_path / "j.db", busy_timeout=bad)
 
 
 class TestResume:
