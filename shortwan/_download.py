@@ -1,21 +1,25 @@
 """Streaming, resumable, atomic downloads of result videos.
 
-A video is written to ``<dest>.part``, resumed with ``Range`` when a partial file exists (only on a
-206 whose ``Content-Range`` starts where the file ends; a 200 restarts it), its length checked,
-fsynced and renamed into place, so a failure never leaves a file at the final path. The API key is
+A video is written to a part file next to ``dest`` named after what it is a download of (see
+:func:`part_path`), resumed with ``Range`` when that file exists (only on a 206 whose
+``Content-Range`` starts where the file ends; a 200 restarts it, a range that stops short of the
+total is kept and the rest asked for), its length checked, fsynced and renamed into place, so a
+failure never leaves a file at the final path. Downloads to one path take turns. The API key is
 never sent: download requests carry no credentials, and redirects are followed by hand, at most
-five, never from https to http.
+five, never from https to http. Every failure is a :class:`DownloadError`; cancellation is not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Final
 from urllib.parse import urljoin, urlsplit
@@ -28,7 +32,7 @@ from ._config import RetryPolicy, Timeouts
 from ._errors import DownloadError
 from ._retry import RetryEvent, RetryHook, backoff_delay, notify_retry
 
-__all__ = ["Downloader", "safe_name"]
+__all__ = ["Downloader", "part_path", "resolve_dest", "safe_name"]
 
 logger = logging.getLogger("shortwan")
 
@@ -74,26 +78,56 @@ def safe_name(text: str, suffix: str = ".mp4") -> str:
     return name[:200] + suffix
 
 
-def resolve_dest(dest: str | os.PathLike[str], name: str) -> Path:
+def resolve_dest(dest: str | os.PathLike[str], name: str, *, job_id: str | None = None) -> Path:
     """Return the file to write: ``dest`` itself, or ``dest/name`` when ``dest`` is a folder.
 
     Raises:
-        DownloadError: the derived name would land outside the folder.
+        DownloadError: the derived name would land outside the folder, or ``dest`` is not a
+            usable path (a NUL byte, a symlink loop).
     """
     path = Path(dest)
     if path.is_dir() or str(dest).endswith(("/", os.sep)):
-        folder = path.resolve()
-        target = (folder / name).resolve()
+        try:
+            folder = path.resolve()
+            target = (folder / name).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise DownloadError(f"unusable path {str(dest)!r}: {exc}", job_id=job_id) from exc
         if target.parent != folder:
-            raise DownloadError(f"refusing to write {name!r} outside {str(folder)!r}")
+            raise DownloadError(
+                f"refusing to write {name!r} outside {str(folder)!r}", job_id=job_id
+            )
         return target
     return path
+
+
+def part_path(dest: Path, *, job_id: str | None, url: str) -> Path:
+    """Return the file that holds the bytes of ``dest`` until they are complete.
+
+    It is named after what it is a download of: the job, else the URL without its query (a
+    refreshed signed URL differs only there). A part file left by another video for the same
+    ``dest`` is thus never resumed.
+    """
+    if job_id is not None:
+        key = f"job:{job_id}"
+    else:
+        parts = urlsplit(url)
+        key = f"url:{parts.scheme}://{parts.netloc.lower()}{parts.path}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return dest.with_name(f"{dest.name}.{digest}.part")
 
 
 class _Retry(Exception):  # noqa: N818 - internal signal
     def __init__(self, error: DownloadError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class _Turn:
+    """Whose turn it is to download to one path, and how many are holding or waiting."""
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
 
 
 class Downloader:
@@ -112,6 +146,7 @@ class Downloader:
         self._retry = retry
         self._limit: anyio.Semaphore | None = None
         self._max_concurrent = max_concurrent
+        self._turns: dict[Path, _Turn] = {}
         self.on_retry: RetryHook | None = None
 
     async def fetch(
@@ -125,17 +160,51 @@ class Downloader:
     ) -> Path:
         """Download ``url`` to ``dest`` and return ``dest``.
 
+        Downloads to the same path take turns: a later one waits, then finds the file the earlier
+        one wrote and follows ``overwrite``.
+
         Args:
             url: the file's URL.
-            dest: the final path; ``dest.part`` holds the bytes until they are complete.
-            job_id: named in errors and logs.
+            dest: the final path; :func:`part_path` holds the bytes until they are complete.
+            job_id: named in errors and logs, and names the part file.
             overwrite: replace an existing file at ``dest``.
             refresh: called once when the URL has expired (401/403/404/410) to get a fresh one.
 
         Raises:
-            DownloadError: the file could not be fetched; a partial ``.part`` file is kept for a
-                later resume, and nothing is left at ``dest``.
+            DownloadError: the file could not be fetched or written (the original error is its
+                ``__cause__``); a partial file is kept for a later resume, and nothing is left at
+                ``dest``.
         """
+        try:
+            key = await anyio.to_thread.run_sync(dest.resolve)
+            async with self._turn(key):
+                return await self._fetch_new(url, dest, job_id, overwrite, refresh)
+        except DownloadError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+            raise DownloadError(
+                f"cannot write {str(dest)!r}: {exc}", url=url, job_id=job_id
+            ) from exc
+        except Exception as exc:
+            raise DownloadError(f"download failed: {exc!r}", url=url, job_id=job_id) from exc
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: Path) -> AsyncIterator[None]:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
+
+    async def _fetch_new(
+        self, url: str, dest: Path, job_id: str | None, overwrite: bool, refresh: Refresh | None
+    ) -> Path:
         if not overwrite and await anyio.to_thread.run_sync(dest.exists):
             raise DownloadError(
                 f"{str(dest)!r} exists; pass overwrite=True to replace it", url=url, job_id=job_id
@@ -150,21 +219,29 @@ class Downloader:
     ) -> Path:
         _check_url(url, job_id)
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
-        part = dest.with_name(dest.name + ".part")
+        part = part_path(dest, job_id=job_id, url=url)
         policy = self._retry
         started = time.monotonic()
         deadline = None if policy.timeout is None else started + 10 * policy.timeout
         attempt = 0
         refreshed = False
         while True:
-            attempt += 1
             try:
-                await self._attempt(url, part, job_id)
+                complete = await self._attempt(url, part, job_id)
             except _Retry as retry:
+                attempt += 1
                 error = retry.error
                 if error.status in _EXPIRED and refresh is not None and not refreshed:
                     refreshed = True
-                    fresh = await refresh()
+                    try:
+                        fresh = await refresh()
+                    except Exception as exc:
+                        raise DownloadError(
+                            f"the download URL expired and getting a fresh one failed: {exc}",
+                            url=url,
+                            status=error.status,
+                            job_id=job_id,
+                        ) from exc
                     if fresh and fresh != url:
                         logger.info(
                             "download URL expired, got a fresh one", extra={"job_id": job_id}
@@ -195,10 +272,15 @@ class Downloader:
                 )
                 await anyio.sleep(delay)
                 continue
+            if not complete:
+                # Each short range adds at least one byte, so this ends at the total.
+                logger.debug("the server sent part of the range; asking for the rest")
+                continue
             await anyio.to_thread.run_sync(_finish, part, dest)
             return dest
 
-    async def _attempt(self, url: str, part: Path, job_id: str | None) -> None:
+    async def _attempt(self, url: str, part: Path, job_id: str | None) -> bool:
+        """Fetch what ``part`` lacks; return whether it now holds the whole file."""
         have = await anyio.to_thread.run_sync(_size, part)
         headers = {"Range": f"bytes={have}-"} if have else {}
         timeout = aiohttp.ClientTimeout(
@@ -215,26 +297,32 @@ class Downloader:
                 if status == 416 and have:
                     total = _total_of(response.headers.get("Content-Range"))
                     if total == have:
-                        return  # the part file already holds every byte
+                        return True  # the part file already holds every byte
                     await anyio.to_thread.run_sync(_truncate, part)
                     raise _Retry(
                         DownloadError("resume refused; restarting", url=url, job_id=job_id)
                     )
                 if status == 206 and have:
-                    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-                    if match is None or int(match[1]) != have:
+                    content_range = response.headers.get("Content-Range", "")
+                    span = _span_of(content_range)
+                    if span is None or span[0] != have:
                         await anyio.to_thread.run_sync(_truncate, part)
                         raise _Retry(
                             DownloadError(
-                                "the server resumed at the wrong offset; restarting",
+                                f"the server resumed with an unusable range {content_range!r};"
+                                " restarting",
                                 url=url,
                                 job_id=job_id,
                             )
                         )
-                    expected: int | None = int(match[2]) + 1 - have
+                    _, end, total = span
+                    expected: int | None = end + 1 - have
+                    # A range that stops short of a known total is kept; the rest is asked for.
+                    complete = total is None or end == total - 1
                     append = True
                 elif status == 200:
                     expected = response.content_length
+                    complete = True
                     append = False
                 else:
                     raise _Retry(
@@ -246,6 +334,7 @@ class Downloader:
                         )
                     )
                 await self._stream(response, part, append=append, expected=expected, job_id=job_id)
+                return complete
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _Retry(
                 DownloadError(
@@ -298,7 +387,7 @@ class Downloader:
             broken: BaseException | None = None
             send, receive = anyio.create_memory_object_stream[bytearray](_QUEUED_BLOCKS)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(writer.drain, receive)
+                tg.start_soon(writer.drain, receive, tg.cancel_scope)
                 buffer = bytearray()
                 try:
                     async for chunk in response.content.iter_chunked(_CHUNK):
@@ -308,13 +397,23 @@ class Downloader:
                             buffer = bytearray()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     broken = exc
+                except anyio.BrokenResourceError:
+                    pass  # the writer stopped on a disk error, raised below
                 finally:
                     # Keep what did arrive, even when the body broke off: the next attempt
                     # resumes from there with a Range request.
                     with anyio.CancelScope(shield=True):
-                        if buffer:
-                            await send.send(buffer)
+                        if buffer and writer.error is None:
+                            with contextlib.suppress(anyio.BrokenResourceError):
+                                await send.send(buffer)
                         send.close()
+            if writer.error is not None:
+                # Not retried: a full or failing disk does not heal by asking again.
+                raise DownloadError(
+                    f"cannot write {str(part)!r}: {writer.error}",
+                    url=str(response.url),
+                    job_id=job_id,
+                ) from writer.error
             if broken is not None:
                 raise broken
             await anyio.to_thread.run_sync(_sync, handle)
@@ -337,6 +436,7 @@ class _Writer:
     def __init__(self, handle: BinaryIO) -> None:
         self.handle = handle
         self.written = 0
+        self.error: OSError | None = None
         self._pending = 0
 
     def _write(self, block: bytearray) -> None:
@@ -347,10 +447,18 @@ class _Writer:
             _start_writeback(self.handle.fileno())
             self._pending = 0
 
-    async def drain(self, blocks: MemoryObjectReceiveStream[bytearray]) -> None:
+    async def drain(
+        self, blocks: MemoryObjectReceiveStream[bytearray], scope: anyio.CancelScope
+    ) -> None:
+        """Write every block; on a disk error keep it in ``error`` and stop the download."""
         async with blocks:
             async for block in blocks:
-                await anyio.to_thread.run_sync(self._write, block)
+                try:
+                    await anyio.to_thread.run_sync(self._write, block)
+                except OSError as exc:
+                    self.error = exc
+                    scope.cancel()
+                    return
                 self.written += len(block)
 
 
@@ -358,6 +466,18 @@ def _check_url(url: str, job_id: str | None) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DownloadError(f"not an http(s) URL: {url[:80]!r}", url=url, job_id=job_id)
+
+
+def _span_of(content_range: str) -> tuple[int, int, int | None] | None:
+    """Return a 206's ``(start, end, total)``, total ``None`` when unknown; ``None`` if invalid."""
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if end < start or (total is not None and end >= total):
+        return None
+    return start, end, total
 
 
 def _total_of(content_range: str | None) -> int | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -15,9 +19,11 @@ from shortwan import (
     PollPolicy,
     RetryEvent,
     RetryPolicy,
+    ServiceUnavailableError,
     ShortWanError,
     Video,
 )
+from shortwan._download import part_path, resolve_dest
 from shortwan.testing import FakeShortAPI, Fault
 
 REQ = ImageToVideo(prompt="a fox", first_frame_image="https://example.com/a.png")
@@ -28,6 +34,24 @@ def client_for(fake: FakeShortAPI) -> AsyncShortWan:
     return AsyncShortWan(fake.api_key, base_url=fake.url, poll=POLL)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """Serve ``routes`` on 127.0.0.1 and yield the base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 class TestDownload:
     @pytest.mark.anyio
     async def test_job_to_file(self, tmp_path: Path) -> None:
@@ -36,7 +60,7 @@ class TestDownload:
             job = await client.submit(REQ)
             path = await client.download(job, tmp_path / "out" / "fox.mp4")
         assert path.read_bytes()[4:8] == b"ftyp"
-        assert not (tmp_path / "out" / "fox.mp4.part").exists()
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fox.mp4"]
         assert fake.stats.downloads
 
     @pytest.mark.anyio
@@ -126,14 +150,16 @@ class TestDownload:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]
-        part = tmp_path / "v.mp4.part"
+        url = f"http://127.0.0.1:{port}/v.mp4"
+        part = part_path(tmp_path / "v.mp4", job_id=None, url=url)
         part.write_bytes(b"garbage-from-an-old-attempt")
         try:
             async with AsyncShortWan("ak-x", base_url=f"http://127.0.0.1:{port}") as client:
-                path = await client.download(f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4")
+                path = await client.download(url, tmp_path / "v.mp4")
         finally:
             await runner.cleanup()
         assert path.read_bytes() == body
+        assert not part.exists()
 
 
 class TestSecondHost:
@@ -195,3 +221,177 @@ class TestRetryEvents:
         assert [e.attempt for e in events] == [1, 1, 2, 1]
         assert all(e.job_id == video.job_id for e in events[1:])
         assert all(isinstance(e.error, ShortWanError) and e.delay >= 0 for e in events)
+
+
+class TestFailuresAreDownloadErrors:
+    @pytest.mark.anyio
+    async def test_parent_that_is_a_file(self, tmp_path: Path) -> None:
+        """A folder that cannot be made raises DownloadError naming the job, from the OSError."""
+        (tmp_path / "taken").write_bytes(b"a file")
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            with pytest.raises(DownloadError) as info:
+                await client.download(video, tmp_path / "taken" / "v.mp4")
+        assert info.value.job_id == video.job_id
+        assert isinstance(info.value.__cause__, FileExistsError)
+
+    @pytest.mark.anyio
+    async def test_nul_byte_in_path(self, tmp_path: Path) -> None:
+        """A path with a NUL byte raises DownloadError with the ValueError as cause."""
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            with pytest.raises(DownloadError) as info:
+                await client.download(video, tmp_path / "a\0b.mp4")
+        assert info.value.job_id == video.job_id
+        assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(DownloadError, match="unusable path") as folder:
+            resolve_dest(f"{tmp_path}/a\0b/", "v.mp4", job_id="j1")
+        assert folder.value.job_id == "j1"
+
+    @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+    @pytest.mark.anyio
+    async def test_full_disk_is_not_retried(self, tmp_path: Path) -> None:
+        """ENOSPC while streaming raises one DownloadError (no exception group) and no retry."""
+        body = os.urandom(5 * 1024 * 1024)
+        hits: list[str] = []
+
+        async def whole(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            return web.Response(body=body)
+
+        async with serve({"/v.mp4": whole}) as base:
+            url = f"{base}/v.mp4"
+            dest = tmp_path / "v.mp4"
+            part_path(dest, job_id=None, url=url).symlink_to("/dev/full")  # a disk that is full
+            async with AsyncShortWan("ak-x", base_url=base) as client:
+                with pytest.raises(DownloadError, match="cannot write") as info:
+                    await client.download(url, dest)
+        assert isinstance(info.value.__cause__, OSError)
+        assert info.value.__cause__.errno == errno.ENOSPC
+        assert hits == ["/v.mp4"]
+        assert not dest.exists()
+
+    @pytest.mark.anyio
+    async def test_failed_refresh(self, tmp_path: Path) -> None:
+        """An expired URL whose refresh query fails raises DownloadError caused by that error."""
+        async with FakeShortAPI(url_ttl=0.0) as fake:
+            client = AsyncShortWan(
+                fake.api_key, base_url=fake.url, poll=POLL, retry=RetryPolicy(attempts=1)
+            )
+            async with client:
+                video = await client.generate(REQ)
+                fake.script("query", [Fault.UNAVAILABLE] * 5)
+                with pytest.raises(DownloadError, match="fresh") as info:
+                    await client.download(video, tmp_path / "v.mp4")
+        assert info.value.job_id == video.job_id
+        assert isinstance(info.value.__cause__, ServiceUnavailableError)
+        assert not (tmp_path / "v.mp4").exists()
+
+
+class TestRanges:
+    @pytest.mark.anyio
+    async def test_short_range_is_resumed(self, tmp_path: Path) -> None:
+        """A 206 that stops before the total is kept, and the rest is asked for with Range."""
+        body = bytes(range(256)) * 4
+        ranges: list[str] = []
+
+        async def partial(request: web.Request) -> web.StreamResponse:
+            asked = request.headers.get("Range")
+            if asked is None:
+                response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+                await response.prepare(request)
+                await response.write(body[:500])
+                await anyio.sleep(0.05)  # let the client read them before the drop
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-body
+                return response
+            ranges.append(asked)
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            end = min(start + 99, len(body) - 1)
+            return web.Response(
+                status=206,
+                body=body[start : end + 1],
+                headers={"Content-Range": f"bytes {start}-{end}/{len(body)}"},
+            )
+
+        async with serve({"/v.mp4": partial}) as base, AsyncShortWan("ak-x", base_url=base) as c:
+            path = await c.download(f"{base}/v.mp4", tmp_path / "v.mp4")
+        assert path.read_bytes() == body
+        assert ranges[:2] == ["bytes=500-", "bytes=600-"]
+        assert ranges[-1] == "bytes=1000-"
+
+
+class TestPartFiles:
+    def test_named_after_the_job_or_the_url_without_query(self, tmp_path: Path) -> None:
+        """Part files differ per job and per URL path, but not per signed query."""
+        dest = tmp_path / "v.mp4"
+        a = part_path(dest, job_id="a", url="https://h/x.mp4?sig=1")
+        assert a == part_path(dest, job_id="a", url="https://other/y.mp4")
+        assert a != part_path(dest, job_id="b", url="https://h/x.mp4?sig=1")
+        one = part_path(dest, job_id=None, url="https://h/x.mp4?sig=1")
+        assert one == part_path(dest, job_id=None, url="https://h/x.mp4?sig=2")
+        assert one != part_path(dest, job_id=None, url="https://h/y.mp4?sig=1")
+        assert a.parent == dest.parent
+        assert a.name.startswith("v.mp4.")
+        assert a.name.endswith(".part")
+
+    @pytest.mark.anyio
+    async def test_part_of_another_video_is_not_resumed(self, tmp_path: Path) -> None:
+        """Bytes left at the same path by another job, or by an older naming, are never used."""
+        dest = tmp_path / "v.mp4"
+        async with FakeShortAPI() as fake, client_for(fake) as client:
+            video = await client.generate(REQ)
+            alone = await client.download(video, tmp_path / "alone.mp4")
+            other = part_path(dest, job_id="another-job", url=video.url)
+            other.write_bytes(b"X" * 500)
+            dest.with_name("v.mp4.part").write_bytes(b"Y" * 500)
+            path = await client.download(video, dest)
+        assert path.read_bytes() == alone.read_bytes()
+        assert all("Range" not in headers for headers in fake.stats.downloads)
+        assert other.read_bytes() == b"X" * 500  # not ours to remove
+
+
+class TestSameDestination:
+    @pytest.mark.parametrize("overwrite", [False, True])
+    @pytest.mark.anyio
+    async def test_concurrent_downloads_take_turns(self, tmp_path: Path, overwrite: bool) -> None:
+        """Two downloads to one path run one after the other; the later follows overwrite."""
+        bodies = {"/a.mp4": b"A" * 300_000, "/b.mp4": b"B" * 300_000}
+
+        async def slow(request: web.Request) -> web.StreamResponse:
+            body = bodies[request.path]
+            response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+            await response.prepare(request)
+            for i in range(0, len(body), 100_000):
+                await response.write(body[i : i + 100_000])
+                await anyio.sleep(0.02)
+            return response
+
+        dest = tmp_path / "v.mp4"
+        results: dict[str, Path | DownloadError] = {}
+        routes = {"/a.mp4": slow, "/b.mp4": slow}
+        async with serve(routes) as base, AsyncShortWan("ak-x", base_url=base) as client:
+
+            async def one(name: str) -> None:
+                try:
+                    results[name] = await client.download(
+                        f"{base}{name}", dest, overwrite=overwrite
+                    )
+                except DownloadError as exc:
+                    results[name] = exc
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, "/a.mp4")
+                await anyio.sleep(0.01)
+                tg.start_soon(one, "/b.mp4")
+            assert client._downloader._turns == {}  # no lock is kept once nobody holds it
+        assert results["/a.mp4"] == dest
+        if overwrite:
+            assert results["/b.mp4"] == dest
+            assert dest.read_bytes() == bodies["/b.mp4"]
+        else:
+            assert isinstance(results["/b.mp4"], DownloadError)
+            assert "exists" in str(results["/b.mp4"])
+            assert dest.read_bytes() == bodies["/a.mp4"]
+        left = sorted(p.name for p in tmp_path.iterdir())  # noqa: ASYNC240 - a test's tmp folder
+        assert left == ["v.mp4"]
