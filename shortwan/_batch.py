@@ -8,6 +8,8 @@ or was cancelled) ends admission; jobs already created stay in the table, logged
 
 from __future__ import annotations
 
+import filecmp
+import functools
 import logging
 import time
 from collections import deque
@@ -113,6 +115,7 @@ class _Engine(Protocol):
         *,
         track: bool = True,
         on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> JobRecord: ...
 
     def attach(self, job_id: str) -> JobRecord: ...
@@ -174,7 +177,11 @@ class Batch:
         self._feeding = True
         self._cap_reached = False
         self._waiting: dict[int, JobRecord] = {}
-        self._deadlines: deque[JobRecord] = deque()
+        # Which input position waits on which job. Kept here, not on the shared record: two
+        # batches of one client may wait on the same job (an attached id, a shared journal).
+        self._index_of: dict[str, int] = {}
+        self._more_indexes: dict[str, list[int]] = {}
+        self._deadlines: deque[tuple[float, int, JobRecord]] = deque()
         self._on_done = self._finished
         self._deadline_wake = anyio.Event()
         self._task_group: TaskGroup | None = None
@@ -211,7 +218,26 @@ class Batch:
                 ", ".join(pending[:20]) + (" …" if len(pending) > 20 else ""),
                 extra={"job_ids": pending},
             )
+        # Outcomes that were ready but never taken: their jobs are paid for, so name them.
+        untaken: list[str] = []
+        while True:
+            try:
+                outcome = self.receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if outcome.job_id is not None and not outcome.replayed:
+                untaken.append(outcome.job_id)
+        if untaken:
+            logger.warning(
+                "generate_many stopped before %d finished outcomes were taken; their jobs stay "
+                "in client.jobs: %s",
+                len(untaken),
+                ", ".join(untaken[:20]) + (" …" if len(untaken) > 20 else ""),
+                extra={"job_ids": untaken},
+            )
         self._waiting.clear()
+        self._index_of.clear()
+        self._more_indexes.clear()
         self._send.close()
         self.receive.close()
 
@@ -227,7 +253,14 @@ class Batch:
                             senders.start_soon(self._sender)
                     self._feeding = False
                     self._maybe_finish()
+        except Exception as exc:
+            # A fault of the batch itself must not take the client's engine (and every other
+            # job's polling) down with it: the consumer gets the error instead of a hang.
+            logger.exception("generate_many stopped by an internal error")
+            if self.error is None:
+                self.error = _as_shortwan(exc, "generate_many stopped by an internal error")
         finally:
+            self._send.close()
             self.finished.set()
             if self._async_items is not None:
                 aclose = getattr(self._async_items, "aclose", None)
@@ -300,6 +333,32 @@ class Batch:
         return base if seen == 1 else f"{base}#{seen}"
 
     async def _admit(self, index: int, item: RequestItem) -> None:
+        # One item's trouble is that item's outcome; it never stops the batch or the engine.
+        facts: dict[str, Any] = {}
+        try:
+            await self._admit_item(index, item, facts)
+        except Exception as exc:
+            if facts.get("tracked"):
+                # Its outcome comes (or came) through the job's own end.
+                logger.exception("a batch item failed after its job was tracked")
+                return
+            logger.exception("a batch item failed unexpectedly")
+            error = _as_shortwan(exc, "this request failed unexpectedly")
+            record: JobRecord | None = facts.get("record")
+            if record is not None:
+                error.job_id = error.job_id or record.id
+            self._emit(
+                Outcome(
+                    index=index,
+                    request=facts.get("request"),
+                    key=facts.get("key"),
+                    job_id=None if record is None else record.id,
+                    amount=None if record is None else record.amount,
+                    error=error,
+                )
+            )
+
+    async def _admit_item(self, index: int, item: RequestItem, facts: dict[str, Any]) -> None:
         try:
             request, key, output = self._unpack(item)
             if self._journal is not None:
@@ -307,6 +366,7 @@ class Batch:
         except ShortWanError as exc:
             self._emit(Outcome(index=index, error=exc))
             return
+        facts["request"], facts["key"] = request, key
         journal = self._journal
         entry = None if journal is None or key is None else await journal.get(key)
         if entry is not None:
@@ -320,6 +380,7 @@ class Batch:
                     record.request = request
                 if record.amount is None:
                     record.amount = entry.amount
+                facts["tracked"] = True
                 self._wait_for(index, record, key, output)
                 return
             if not self._resubmit_uncertain:
@@ -349,23 +410,35 @@ class Batch:
                 Outcome(index=index, request=request, key=key, error=self._cap_error(request))
             )
             return
-        on_created = None
+        on_created = before_send = None
         if journal is not None and key is not None:
-            # Durable before the create leaves: a crash from here on is never a silent double.
-            await journal.intent(key, model=request.model, estimate=cost)
             journaled_key = key
 
+            async def before_send() -> None:
+                # Durable before the create leaves (and only once a client-wide slot is held,
+                # so a request still waiting for one is not taken for maybe-sent): a crash from
+                # here on is never a silent double.
+                await journal.intent(journaled_key, model=request.model, estimate=cost)
+
             async def on_created(record: JobRecord) -> None:
-                await journal.submitted(journaled_key, job_id=record.id, amount=record.amount)
+                try:
+                    await journal.submitted(journaled_key, job_id=record.id, amount=record.amount)
+                except Exception:
+                    # The job is tracked and reported all the same; a rerun finds only the
+                    # intent and reports the request uncertain rather than paying again.
+                    logger.exception("job %s could not be written to the journal", record.id)
 
         try:
-            record = await self._engine.create(request, on_created=on_created)
+            record = await self._engine.create(
+                request, on_created=on_created, before_send=before_send
+            )
         except SubmissionUncertainError as exc:
             # Maybe charged: the reservation stays, so the cap still counts it.
             if journal is not None and key is not None:
-                await journal.uncertain(key)
                 if exc.callback_token is not None:
+                    # Before the write below: an adoption may land while it is under way.
                     self._engine.on_adoption(exc.callback_token, self._journal_adopted(key))
+                await journal.uncertain(key)
             self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
         except (APIError, TransportError) as exc:
@@ -375,9 +448,10 @@ class Batch:
                 await self._budget.release(cost)
             self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
+        facts["record"], facts["tracked"] = record, True
+        self._wait_for(index, record, key, output)
         if self._budget is not None:
             await self._budget.settle(cost, record.amount)
-        self._wait_for(index, record, key, output)
 
     def _journal_adopted(self, key: str) -> Callable[[JobRecord], Awaitable[None]]:
         journal = self._journal
@@ -400,23 +474,30 @@ class Batch:
 
     def _wait_for(self, index: int, record: JobRecord, key: str | None, output: str | None) -> None:
         self._waiting[index] = record
-        record.tag = index
+        if record.id in self._index_of:
+            # The same job twice in one batch (two journal keys naming one job id).
+            self._more_indexes.setdefault(record.id, []).append(index)
+        else:
+            self._index_of[record.id] = index
         if self._slow_finish:
             self._extras[index] = (key, output)
-        # One bound method for every job: no closure per job.
-        record.add_done_callback(self._on_done)
-        if self._timeout is not None and index in self._waiting:
+        if self._timeout is not None:
             # Every job gets the same timeout, so deadlines arrive in admission order.
-            record.deadline = time.monotonic() + self._timeout
-            self._deadlines.append(record)
+            self._deadlines.append((time.monotonic() + self._timeout, index, record))
             if len(self._deadlines) == 1:
                 self._deadline_wake.set()
+        # One bound method for every job: no closure per job.
+        record.add_done_callback(self._on_done)
 
     def _output_path(self, output: str | None, job_id: str | None = None) -> Path:
         assert self._download_to is not None  # noqa: S101 - only called when downloading
         folder = self._download_to
         name = output if output is not None else safe_name(job_id or "video")
-        target = (folder / name).resolve()
+        try:
+            target = (folder / name).resolve()
+        except (ValueError, OSError) as exc:  # a NUL byte, a name too long for the system
+            problem = f"output {name!r} is not a usable file name: {exc}"
+            raise InvalidRequestError([problem]) from exc
         if not target.is_relative_to(folder) or target == folder:
             raise InvalidRequestError([f"output {name!r} would be written outside {str(folder)!r}"])
         return target
@@ -448,19 +529,50 @@ class Batch:
         assert outcome.video is not None  # noqa: S101 - only videos are downloaded
         try:
             dest = self._output_path(output, outcome.job_id)
-            if await anyio.Path(dest).exists() and self._journal is not None:
-                # The file was renamed into place before a crash kept the journal from saying
-                # so: a file at the final path is always whole.
-                path = dest
+            if self._journal is not None and await anyio.Path(dest).exists():
+                path = await self._claim(outcome.video, dest)
             else:
                 path = await self._fetch(outcome.video, dest)
-        except (DownloadError, InvalidRequestError) as exc:
-            if exc.job_id is None:
-                exc.job_id = outcome.job_id
-            return attrs.evolve(outcome, error=exc)
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, ShortWanError)
+                else DownloadError(f"download failed: {exc!r}", job_id=outcome.job_id)
+            )
+            if error is not exc:
+                error.__cause__ = exc
+            if error.job_id is None:
+                error.job_id = outcome.job_id
+            return attrs.evolve(outcome, error=error)
         if self._journal is not None and outcome.key is not None:
             await self._journal.downloaded(outcome.key, path)
         return attrs.evolve(outcome, path=path)
+
+    async def _claim(self, video: Video, dest: Path) -> Path:
+        """Return ``dest`` if it already holds ``video``, else raise :class:`DownloadError`.
+
+        A rerun finds the file of a crash that struck between its rename and the journal's
+        note of it; but a file of the same name may be anything else too. The video is fetched
+        beside it and compared, so the file is claimed only if it is this very video.
+        """
+        assert self._fetch is not None  # noqa: S101 - set with download_to
+        check = dest.with_name(f".{dest.name}.check")
+        forget_check = functools.partial(check.unlink, missing_ok=True)
+        try:
+            await anyio.to_thread.run_sync(forget_check)  # left by an earlier crash
+            fetched = await self._fetch(video, check)
+            same = await anyio.to_thread.run_sync(
+                functools.partial(filecmp.cmp, dest, fetched, shallow=False)
+            )
+        finally:
+            await anyio.to_thread.run_sync(forget_check)
+        if not same:
+            raise DownloadError(
+                f"{str(dest)!r} exists and holds something else; move it away to download "
+                "this video",
+                url=video.url,
+            )
+        return dest
 
     def _cap_error(self, request: ImageToVideo) -> SpendLimitError:
         budget = self._budget
@@ -475,9 +587,18 @@ class Batch:
         )
 
     def _finished(self, record: JobRecord) -> None:
-        index = record.tag
-        if self._waiting.pop(index, None) is None:
+        more = self._more_indexes.pop(record.id, None)
+        if more is not None:
+            for extra in more:
+                self._finish_at(extra, record)
+        index = self._index_of.pop(record.id, None)
+        if index is not None:
+            self._finish_at(index, record)
+
+    def _finish_at(self, index: int, record: JobRecord) -> None:
+        if self._waiting.get(index) is not record:
             return  # already reported (timed out) or the batch stopped
+        del self._waiting[index]
         if (
             self._budget is not None
             and self._task_group is not None
@@ -511,35 +632,48 @@ class Batch:
     async def _complete(self, outcome: Outcome, output: str | None) -> None:
         """Journal how a job ended and download its video, then report it."""
         journal, key = self._journal, outcome.key
-        if journal is not None and key is not None:
-            if outcome.video is not None:
-                await journal.finished(key, video=outcome.video)
-            elif isinstance(outcome.error, JobFailedError):
-                await journal.finished(key, error=outcome.error)
-        if outcome.video is not None and self._download_to is not None:
-            outcome = await self._download(outcome, output)
+        try:
+            if journal is not None and key is not None:
+                if outcome.video is not None:
+                    await journal.finished(key, video=outcome.video)
+                elif isinstance(outcome.error, JobFailedError):
+                    await journal.finished(key, error=outcome.error)
+            if outcome.video is not None and self._download_to is not None:
+                outcome = await self._download(outcome, output)
+        except Exception as exc:
+            # The job's outcome is still reported, with the video if it has one.
+            logger.exception("recording the end of job %s failed", outcome.job_id)
+            error = _as_shortwan(exc, f"recording the end of job {outcome.job_id} failed")
+            error.job_id = error.job_id or outcome.job_id
+            outcome = attrs.evolve(outcome, error=error)
         self._emit(outcome)
 
     async def _watch_deadlines(self) -> None:
         deadlines = self._deadlines
         while True:
-            while deadlines and self._waiting.get(deadlines[0].tag) is not deadlines[0]:
+            while deadlines and self._waiting.get(deadlines[0][1]) is not deadlines[0][2]:
                 deadlines.popleft()  # reported already
             if not deadlines:
                 self._deadline_wake = anyio.Event()
                 await self._deadline_wake.wait()
                 continue
-            record = deadlines[0]
-            wait = record.deadline - time.monotonic()
+            deadline, index, record = deadlines[0]
+            wait = deadline - time.monotonic()
             if wait > 0:
                 await anyio.sleep(wait)
                 continue
             deadlines.popleft()
-            del self._waiting[record.tag]
-            key, _output = self._extras.pop(record.tag, (None, None))
+            del self._waiting[index]
+            if self._index_of.get(record.id) == index:
+                del self._index_of[record.id]
+            else:
+                others = self._more_indexes.get(record.id, [])
+                if index in others:
+                    others.remove(index)
+            key, _output = self._extras.pop(index, (None, None))
             self._emit(
                 Outcome(
-                    index=record.tag,
+                    index=index,
                     request=record.request,
                     job_id=record.id,
                     error=self._engine.time_out(record, self._timeout),
@@ -565,3 +699,12 @@ class Batch:
         if not self._feeding and self._outstanding == 0:
             self._send.close()
             self._cancel.cancel()
+
+
+def _as_shortwan(exc: Exception, what: str) -> ShortWanError:
+    """Return ``exc`` if it is a shortwan error, else a :class:`ShortWanError` caused by it."""
+    if isinstance(exc, ShortWanError):
+        return exc
+    error = ShortWanError(f"{what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import ssl
@@ -346,21 +347,20 @@ class AsyncShortWan:
         )
         try:
             await self._engine.spawn(batch.run)
-            receive = batch.receive
-            async with receive:
-                while True:
-                    # Take what is buffered without yielding to the loop; wait only when empty.
+            receive = batch.receive  # closed by batch.stop(), which names what is left in it
+            while True:
+                # Take what is buffered without yielding to the loop; wait only when empty.
+                try:
+                    outcome = receive.receive_nowait()
+                except anyio.WouldBlock:
                     try:
-                        outcome = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        try:
-                            outcome = await receive.receive()
-                        except anyio.EndOfStream:
-                            break
+                        outcome = await receive.receive()
                     except anyio.EndOfStream:
                         break
-                    batch.release_slot()
-                    yield outcome
+                except anyio.EndOfStream:
+                    break
+                batch.release_slot()
+                yield outcome
             if batch.error is not None:
                 raise batch.error
         finally:
@@ -451,10 +451,11 @@ class AsyncShortWan:
     ) -> Path:
         """Download a video to ``dest`` and return the path written.
 
-        The file is streamed to ``<dest>.part``, resumed after interruptions, checked against its
-        announced length, fsynced and renamed into place: ``dest`` either holds the whole video or
-        does not exist. No credentials are sent to the file's host. An expired URL is refreshed
-        once by asking the service about the job again.
+        The file is streamed to a partial file beside ``dest`` named after the job (or the URL's
+        path), resumed after interruptions, checked against its announced length, fsynced and
+        renamed into place: ``dest`` either holds the whole video or does not exist. No
+        credentials are sent to the file's host. An expired URL is refreshed once by asking the
+        service about the job again.
 
         Args:
             target: a :class:`Video`, a :class:`Job` (awaited first, up to ``timeout``) or a URL.
@@ -476,7 +477,9 @@ class AsyncShortWan:
         else:
             raise DownloadError(f"cannot download a {type(target).__name__}")
         name = safe_name(job_id or Path(url.split("?", 1)[0]).stem or "video")
-        path = await anyio.to_thread.run_sync(resolve_dest, dest, name)
+        path = await anyio.to_thread.run_sync(
+            functools.partial(resolve_dest, dest, name, job_id=job_id)
+        )
 
         async def refresh() -> str | None:
             if job_id is None:

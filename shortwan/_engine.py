@@ -54,6 +54,8 @@ class Engine:
         self.transport = transport
         self.callbacks = callbacks
         self._adoption_hooks: dict[str, Callable[[JobRecord], Awaitable[None]]] = {}
+        # Adoptions that came before anyone asked to hear of them (see on_adoption).
+        self._adopted_early: dict[str, JobRecord] = {}
         self.max_in_flight = max_in_flight
         self._slots: anyio.Semaphore | None = None
         self.poll = poll
@@ -63,6 +65,8 @@ class Engine:
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
+        # Creates under way in tasks of their own (see create); close waits for them.
+        self._creating: set[asyncio.Task[JobRecord]] = set()
 
     @property
     def poller(self) -> Poller:
@@ -100,9 +104,15 @@ class Engine:
 
     async def aclose(self) -> None:
         """Stop all background work; jobs still running are detached and listed in the log."""
+        if self._creating:
+            # A create that has left may have made a paid job: let it land in the table (its
+            # own timeouts bound the wait) so it is listed below, not lost.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(set(self._creating))
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
         self._adoption_hooks.clear()
+        self._adopted_early.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             if self._task_group is not None:
@@ -160,13 +170,19 @@ class Engine:
         *,
         track: bool = True,
         on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> JobRecord:
         """Create a job and put it in the table before anything else can fail.
 
-        The create runs shielded from cancellation: a cancelled caller must not lose the id of a
-        job that was already paid for. Its own timeouts still bound it. ``on_created`` runs inside
-        the same shield as soon as the job is in the table (a journal records the id there); if it
-        fails, the job is still tracked and its error is raised.
+        The create runs in a task of its own, awaited through both an anyio shield and
+        :func:`asyncio.shield`: a caller cancelled by anyio gets the record and then its
+        cancellation; a caller cancelled natively (``asyncio.timeout``, ``Task.cancel``, a web
+        framework dropping a request) is released at once while the create goes on, so a job
+        that is paid for always reaches the table. Its own timeouts still bound it.
+        ``before_send`` runs once a ``max_in_flight`` slot is held, just before the create
+        leaves (a journal writes its intent there); ``on_created`` runs in the create's task as
+        soon as the job is in the table (a journal records the id there); if it fails, the job
+        is still tracked and its error is raised.
         """
         self._ensure_running()
         slots = self._slots
@@ -176,23 +192,27 @@ class Engine:
             # Waiting for a slot is cancellable: nothing has been sent yet.
             await slots.acquire()
         try:
-            record = await self._create(request, track=track, on_created=on_created)
+            if before_send is not None:
+                await before_send()
+            task = asyncio.get_running_loop().create_task(
+                self._create(request, track=track, on_created=on_created, slots=slots)
+            )
         except BaseException:
             if slots is not None:
                 slots.release()
             raise
-        if slots is not None:
-            # The slot is the job's until it ends (or the client lets go of it).
-            record.add_done_callback(lambda _record: slots.release())
+        self._creating.add(task)
+        task.add_done_callback(self._created)
+        with anyio.CancelScope(shield=True):
+            record = await asyncio.shield(task)
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
-        logger.info(
-            "job %s created, charged %s",
-            record.id,
-            record.amount,
-            extra={"job_id": record.id, "amount": str(record.amount)},
-        )
         return record
+
+    def _created(self, task: asyncio.Task[JobRecord]) -> None:
+        self._creating.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen here, so a caller that left does not leave it unretrieved
 
     async def _create(
         self,
@@ -200,12 +220,13 @@ class Engine:
         *,
         track: bool,
         on_created: Callable[[JobRecord], Awaitable[None]] | None,
+        slots: anyio.Semaphore | None,
     ) -> JobRecord:
         token = callback_url = None
         receiver = self.callbacks
-        if receiver is not None:
-            token, callback_url = receiver.register(self, request)
-        with anyio.CancelScope(shield=True):
+        try:
+            if receiver is not None:
+                token, callback_url = receiver.register(self, request)
             try:
                 created = await self.transport.create(
                     request.model, request_args(request), callback_url=callback_url
@@ -223,23 +244,36 @@ class Engine:
                 if receiver is not None and token is not None:
                     receiver.forget(token)
                 raise
-            record = self.table.add(
-                JobRecord(
-                    id=created.job_id,
-                    request=request,
-                    amount=created.amount,
-                    state=JobState.QUEUED,
-                    callback=token is not None,
-                )
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        record = self.table.add(
+            JobRecord(
+                id=created.job_id,
+                request=request,
+                amount=created.amount,
+                state=JobState.QUEUED,
+                callback=token is not None,
             )
-            try:
-                if on_created is not None:
-                    await on_created(record)
-            finally:
-                if track:
-                    self.poller.track(record)
-                if receiver is not None and token is not None:
-                    receiver.bind(token, record)
+        )
+        if slots is not None:
+            # The slot is the job's until it ends (or the client lets go of it).
+            record.add_done_callback(lambda _record: slots.release())
+        logger.info(
+            "job %s created, charged %s",
+            record.id,
+            record.amount,
+            extra={"job_id": record.id, "amount": str(record.amount)},
+        )
+        try:
+            if on_created is not None:
+                await on_created(record)
+        finally:
+            if track:
+                self.poller.track(record)
+            if receiver is not None and token is not None:
+                receiver.bind(token, record)
         return record
 
     def confirm(self, record: JobRecord) -> None:
@@ -289,10 +323,23 @@ class Engine:
         hook = self._adoption_hooks.pop(token, None)
         if hook is not None:
             await hook(record)
+        else:
+            self._adopted_early[token] = record
+            if len(self._adopted_early) > 1024:  # callers that never ask must not grow it
+                del self._adopted_early[next(iter(self._adopted_early))]
 
     def on_adoption(self, token: str, hook: Callable[[JobRecord], Awaitable[None]]) -> None:
-        """Run ``hook(record)`` if the lost create behind ``token`` is adopted."""
-        self._adoption_hooks[token] = hook
+        """Run ``hook(record)`` once the lost create behind ``token`` is adopted (or now)."""
+        record = self._adopted_early.pop(token, None)
+        if record is None:
+            self._adoption_hooks[token] = hook
+        elif self._task_group is not None:
+            adopted = record
+
+            async def run_hook() -> None:
+                await hook(adopted)
+
+            self._task_group.start_soon(run_hook)
 
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere; it is asked about at once."""

@@ -120,7 +120,7 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
     """Return the ``data`` object of a successful answer, or raise :class:`_Failure`."""
     try:
         parsed = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         parsed = None
         cause: Exception | None = exc
     else:
@@ -317,6 +317,9 @@ class Transport:
         started = time.monotonic()
         deadline = math.inf if policy.timeout is None else started + policy.timeout
         attempt = 0
+        # With retry_uncertain_creates, an earlier attempt may have made a job even when a
+        # later one is refused cleanly: the create's outcome then stays uncertain.
+        maybe_sent = False
         while True:
             attempt += 1
             if self._paused_until > 0:
@@ -331,24 +334,20 @@ class Transport:
                 error.job_id = error.job_id or job_id
                 if isinstance(error, RateLimitError) and self.on_rate_limit is not None:
                     self.on_rate_limit()
-                if (
-                    failure.safety is Safety.UNCERTAIN
-                    and create
-                    and not policy.retry_uncertain_creates
-                ):
+                uncertain = create and failure.safety is Safety.UNCERTAIN
+                if uncertain and not policy.retry_uncertain_creates:
                     raise SubmissionUncertainError(
                         "the create request may have reached the service, but its answer "
                         f"was lost ({error}); it was not resubmitted, so at most one job "
                         "exists: check your job list before trying again",
                     ) from error
-                if not failure.transient:
-                    raise error from failure.__cause__
-                delay = self._retry_delay(failure, attempt, deadline)
+                maybe_sent = maybe_sent or uncertain
+                delay = self._retry_delay(failure, attempt, deadline) if failure.transient else None
                 if delay is None:
-                    if failure.safety is Safety.UNCERTAIN and create:
+                    if maybe_sent:
                         raise SubmissionUncertainError(
                             f"the create request may have reached the service ({error}); "
-                            "retries are spent, so the outcome is unknown",
+                            "retries are spent or refused, so the outcome is unknown",
                         ) from error
                     raise error from failure.__cause__
                 notify_retry(

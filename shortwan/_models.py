@@ -452,7 +452,16 @@ class BatchItem:
 
     request: ImageToVideo | Mapping[str, Any]
     key: str | None = attrs.field(default=None)
-    output: str | None = None
+    output: str | None = attrs.field(default=None)
+
+    @output.validator
+    def _check_output(self, _attribute: object, value: object) -> None:
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or "\x00" in value
+        ):
+            raise InvalidRequestError(
+                [f"output must be a non-empty file name without NUL bytes, got {value!r}"]
+            )
 
     @key.validator
     def _check_key(self, _attribute: object, value: object) -> None:

@@ -98,11 +98,11 @@ class JobRecord:
     # The poller's bookkeeping: when the job is next due and whether a query for it is in flight.
     due: float = math.inf
     querying: bool = False
+    # Someone asked for an immediate query while one was in flight (a callback said the job
+    # ended, but the query under way may have left before that): ask again when it returns.
+    recheck: bool = False
     done_event: anyio.Event | None = None
     on_done: Callable[[JobRecord], None] | None = None
-    # Free for the owner of on_done (a batch keeps the request's input position here).
-    tag: int = -1
-    deadline: float = math.inf
 
     @property
     def is_terminal(self) -> bool:

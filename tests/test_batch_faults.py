@@ -1,0 +1,266 @@
+"""Batches under faults of their own: odd items, failing journals and disks, shared jobs, leaving
+early, native cancellation. Nothing may hang, stop the client's engine, or lose a paid job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from shortwan import (
+    AsyncShortWan,
+    BatchItem,
+    DownloadError,
+    ImageToVideo,
+    InvalidRequestError,
+    PollPolicy,
+    RetryPolicy,
+    ShortWanError,
+    SubmissionUncertainError,
+)
+from shortwan.journal import Journal
+from shortwan.testing import FakeShortAPI, Fault, JobPlan
+
+URL = "https://example.com/frame.png"
+POLL = PollPolicy(
+    min_interval=0.02,
+    max_interval=0.2,
+    prior_seconds_per_video_second=0.01,
+    max_queries_per_second=2000,
+    max_concurrent_queries=32,
+)
+
+
+def client_for(fake: FakeShortAPI, **kwargs: Any) -> AsyncShortWan:
+    kwargs.setdefault("poll", POLL)
+    return AsyncShortWan(fake.api_key, base_url=fake.url, **kwargs)
+
+
+def req(prompt: str, duration: int = 2) -> ImageToVideo:
+    return ImageToVideo(prompt=prompt, first_frame_image=URL, duration=duration)
+
+
+def engine_alive(client: AsyncShortWan) -> bool:
+    runner = client._engine._runner
+    return runner is not None and not runner.done()
+
+
+class TestItemsThatCannotWork:
+    def test_batch_item_output_must_be_a_name(self) -> None:
+        for bad in (7, b"x.mp4", "", "  ", "bad\x00.mp4"):
+            with pytest.raises(InvalidRequestError, match="output"):
+                BatchItem(request=req("a"), output=bad)  # type: ignore[arg-type]
+
+    @pytest.mark.anyio
+    async def test_unusable_output_in_a_mapping_is_refused_before_paying(
+        self, tmp_path: Path
+    ) -> None:
+        items: list[Mapping[str, Any]] = [
+            {"prompt": "ok", "first_frame_image": URL, "output": "ok.mp4"},
+            {"prompt": "nul", "first_frame_image": URL, "output": "bad\x00.mp4"},
+        ]
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            with anyio.fail_after(10):
+                outcomes = await client.gather(items, download_to=tmp_path)
+            assert engine_alive(client)
+        assert outcomes[0].ok
+        assert outcomes[0].path == tmp_path / "ok.mp4"
+        assert isinstance(outcomes[1].error, InvalidRequestError)
+        assert outcomes[1].job_id is None
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_a_failing_spend_counter_is_an_outcome_not_a_hang(self) -> None:
+        class Broken:
+            async def reserve(self, amount: Decimal) -> bool:
+                raise ConnectionError("the shared counter is down")
+
+            async def settle(self, reserved: Decimal, charged: Decimal | None) -> None: ...
+
+            async def release(self, reserved: Decimal) -> None: ...
+
+            async def refund(self, amount: Decimal) -> None: ...
+
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            with anyio.fail_after(10):
+                outcomes = await client.gather([req("a"), req("b")], max_spend=Broken())
+            assert engine_alive(client)
+            # The client still works for everything else.
+            video = await client.generate(req("after"))
+        assert video.url
+        for outcome in outcomes:
+            assert type(outcome.error) is ShortWanError
+            assert isinstance(outcome.error.__cause__, ConnectionError)
+        assert fake.stats.creates_received == 1  # only "after"
+
+
+class TestDownloadsInBatches:
+    @pytest.mark.anyio
+    async def test_two_items_with_one_output_both_get_an_outcome(self, tmp_path: Path) -> None:
+        items = [BatchItem(request=req(f"same {i}"), output="same.mp4") for i in range(2)]
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            with anyio.fail_after(10):
+                outcomes = await client.gather(items, download_to=tmp_path)
+            assert engine_alive(client)
+        assert len(outcomes) == 2
+        assert sorted(o.ok for o in outcomes) == [False, True]
+        loser = next(o for o in outcomes if not o.ok)
+        assert isinstance(loser.error, DownloadError)
+        assert loser.video is not None  # the paid video is not lost: its URL is in the outcome
+        assert loser.error.job_id == loser.job_id
+
+    @pytest.mark.anyio
+    async def test_existing_file_is_claimed_only_if_it_is_the_video(self, tmp_path: Path) -> None:
+        out = tmp_path / "out"
+        out.mkdir()
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                first = await client.gather(
+                    [BatchItem(request=req("mine"), output="mine.mp4")], journal=journal
+                )
+            assert first[0].ok
+            assert first[0].path is None
+            whole = await client.download(first[0].video, tmp_path / "whole.mp4")  # type: ignore[arg-type]
+            # A crash after the rename but before the journal noted it: the file is the video.
+            (out / "mine.mp4").write_bytes(whole.read_bytes())
+            # Another item's path holds something else altogether.
+            (out / "theirs.mp4").write_bytes(b"somebody else's file")
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                second = await client.gather(
+                    [
+                        BatchItem(request=req("mine"), output="mine.mp4"),
+                        BatchItem(request=req("theirs"), output="theirs.mp4"),
+                    ],
+                    journal=journal,
+                    download_to=out,
+                )
+        mine, theirs = second
+        assert mine.replayed
+        assert mine.ok
+        assert mine.path == out / "mine.mp4"
+        assert isinstance(theirs.error, DownloadError)
+        assert "holds something else" in str(theirs.error)
+        assert (out / "theirs.mp4").read_bytes() == b"somebody else's file"
+        assert sorted(p.name for p in out.iterdir()) == ["mine.mp4", "theirs.mp4"]
+
+
+class TestSharedJobs:
+    @pytest.mark.anyio
+    async def test_two_batches_waiting_on_one_job_each_get_their_own(self, tmp_path: Path) -> None:
+        a, b = req("A"), req("B")
+
+        def plan(args: Mapping[str, Any]) -> JobPlan:
+            return JobPlan(run_time=1.0 if args["prompt"] == "A" else 0.4)
+
+        async with (
+            FakeShortAPI(plan=plan) as fake,
+            client_for(fake) as client,
+            Journal(tmp_path / "j.sqlite") as journal,
+        ):
+            second: list[Any] = []
+
+            async def later() -> None:
+                await anyio.sleep(0.2)  # B has been created by the first batch by now
+                second.extend(await client.gather([b], journal=journal))
+
+            first = []
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(later)
+                    async for outcome in client.generate_many([a, b], journal=journal):
+                        first.append(outcome)
+            made_for = {job.id: job.prompt for job in fake.jobs.values()}
+        assert sorted(o.index for o in first) == [0, 1]
+        for outcome in [*first, *second]:
+            assert outcome.ok
+            assert outcome.request is not None
+            assert made_for[outcome.job_id] == outcome.request.prompt  # type: ignore[index]
+        assert len(fake.jobs) == 2
+
+
+class TestLeavingEarly:
+    @pytest.mark.anyio
+    async def test_outcomes_left_in_the_buffer_are_named(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="shortwan")
+        async with FakeShortAPI(run_time=0.1) as fake, client_for(fake) as client:
+            async for _outcome in client.generate_many([req(f"p {i}") for i in range(8)]):
+                await anyio.sleep(0.6)  # a slow consumer: the rest finish meanwhile
+                break
+            finished = {r.id for r in client.jobs if r.video is not None}
+        named = [r for r in caplog.records if "were taken" in r.getMessage()]
+        assert len(named) == 1
+        listed = set(named[0].job_ids)  # type: ignore[attr-defined]
+        assert len(listed) == 7
+        assert listed <= finished
+        assert len(fake.jobs) == 8
+
+    @pytest.mark.anyio
+    async def test_waiting_for_a_slot_is_not_maybe_sent(self, tmp_path: Path) -> None:
+        items = [req(f"slot {i}") for i in range(4)]
+        async with (
+            FakeShortAPI(run_time=5) as fake,
+            client_for(fake, max_in_flight=1) as client,
+            Journal(tmp_path / "j.sqlite") as journal,
+        ):
+            with anyio.move_on_after(1.0):
+                await client.gather(items, journal=journal, concurrency=4)
+            assert fake.stats.creates_received == 1
+            states = Counter(e.state.value for e in await journal.entries())
+        # Only the create that left is on disk: the three waiting for a slot never were.
+        assert states == {"submitted": 1}
+
+
+class TestCreatesThatMayHaveLanded:
+    @pytest.mark.anyio
+    async def test_native_cancellation_keeps_the_paid_job(self) -> None:
+        async with FakeShortAPI(slow_delay=0.5) as fake, client_for(fake) as client:
+            fake.script("create", [Fault.SLOW_AFTER])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.submit(req("web")), 0.1)
+            # The create goes on in its own task; its job reaches the table when it answers.
+            with anyio.fail_after(5):
+                while len(client.jobs) < 1:
+                    await anyio.sleep(0.05)
+            (job_id,) = fake.jobs
+            assert job_id in client.jobs
+            video = await client.attach(job_id).result(timeout=10)
+        assert video.job_id == job_id
+
+    @pytest.mark.anyio
+    async def test_close_waits_for_a_create_under_way(self) -> None:
+        async with FakeShortAPI(slow_delay=0.4) as fake:
+            client = client_for(fake)
+            fake.script("create", [Fault.SLOW_AFTER])
+            task = asyncio.get_running_loop().create_task(client.submit(req("leaving")))
+            await anyio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await client.aclose()
+            (job_id,) = fake.jobs
+            assert job_id in client.jobs
+
+    @pytest.mark.anyio
+    async def test_uncertain_then_refused_stays_uncertain(self, tmp_path: Path) -> None:
+        retry = RetryPolicy(attempts=2, retry_uncertain_creates=True)
+        async with (
+            FakeShortAPI() as fake,
+            client_for(fake, retry=retry) as client,
+            Journal(tmp_path / "j.sqlite") as journal,
+        ):
+            # The first attempt makes a job and loses its answer; the retry is refused.
+            fake.script("create", [Fault.RESET_AFTER, Fault.UNAVAILABLE])
+            (outcome,) = await client.gather([req("x")], journal=journal, max_spend="1")
+            entries = await journal.entries()
+        assert isinstance(outcome.error, SubmissionUncertainError)
+        assert len(fake.jobs) == 1
+        assert [e.state.value for e in entries] == ["uncertain"]
