@@ -183,6 +183,8 @@ class Poller:
     def schedule(self, record: JobRecord, delay: float) -> None:
         """Ask about ``record`` in ``delay`` seconds (sooner than already planned, never later)."""
         if record.querying:
+            if delay <= _SLACK:
+                record.recheck = True
             return
         if delay <= _SLACK and self._wake is not None:
             # Due now: straight to a worker, no trip through the heap and the loop.
@@ -324,10 +326,18 @@ class Poller:
             exc,
             extra={"job_id": record.id},
         )
-        self.schedule(record, self._next_gap(record, now))
+        self.schedule(record, self._next_gap_or_recheck(record, now))
+
+    def _next_gap_or_recheck(self, record: JobRecord, now: float) -> float:
+        if record.recheck:
+            record.recheck = False
+            return 0.0
+        return self._next_gap(record, now)
 
     def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
         """Record what the service said about ``record`` and plan the next query if needed."""
+        if record.is_terminal:
+            return  # a late answer never moves a finished job backwards
         now = time.monotonic()
         record.querying = False
         record.queries += 1
@@ -364,4 +374,4 @@ class Poller:
         record.last_pending_query_at = now
         if record.state is not JobState.TIMED_OUT:
             self.table.transition(record, state)
-        self.schedule(record, self._next_gap(record, now))
+        self.schedule(record, self._next_gap_or_recheck(record, now))

@@ -64,7 +64,16 @@ def _digest(token: str) -> bytes:
 class _Listener:
     """What one token stands for: a create in flight, a created job, or a lost create answer."""
 
-    __slots__ = ("engine", "hinted", "record", "request", "since", "token", "uncertain")
+    __slots__ = (
+        "early_id",
+        "engine",
+        "hinted",
+        "record",
+        "request",
+        "since",
+        "token",
+        "uncertain",
+    )
 
     def __init__(self, token: str, engine: Engine, request: ImageToVideo) -> None:
         self.token = token
@@ -72,6 +81,8 @@ class _Listener:
         self.request = request
         self.record: JobRecord | None = None
         self.hinted = False
+        # The job id a callback named before the create's answer came (or failed to come).
+        self.early_id: str | None = None
         self.uncertain = False
         self.since = time.monotonic()
 
@@ -80,7 +91,7 @@ def _payload(body: bytes) -> dict[str, Any] | None:
     """Return the job data of a callback body: an envelope's ``data``, or a bare object."""
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(parsed, dict):
         return None
@@ -294,7 +305,10 @@ class CallbackReceiver:
             if listener.uncertain:
                 self._adopt(listener, data)
             else:
-                listener.hinted = True  # the create's answer is still on its way
+                # The create's answer is still on its way. Keep the id the body names: if that
+                # answer is lost, this is how the paid job is found.
+                listener.hinted = True
+                listener.early_id = listener.early_id or _job_id_of(data)
         elif not record.is_terminal:
             self._resolve(listener.engine, record, data)
         if body is None:
@@ -307,7 +321,9 @@ class CallbackReceiver:
                 snapshot = snapshot_from_data(data, job_id=record.id)
             except MalformedResponseError:
                 snapshot = None
-            if snapshot is not None and snapshot.id == record.id:
+            usable = snapshot is not None and snapshot.id == record.id
+            if usable and snapshot is not None and (snapshot.urls or not snapshot.succeeded):
+                # A success without a readable URL is not trusted to end the job: a query is.
                 engine.poller.apply(record, snapshot)
                 return
         engine.confirm(record)
@@ -352,8 +368,15 @@ class CallbackReceiver:
             return
         listener.uncertain = True
         listener.since = time.monotonic()
-        if listener.hinted:
-            logger.warning("a lost create was called back before its answer failed; polling")
+        if listener.early_id is not None:
+            # The service called back before the create's answer was given up on: adopt now.
+            listener.uncertain = False
+            listener.engine.adopt(listener.early_id, listener.request, listener.token)
+        elif listener.hinted:
+            logger.warning(
+                "a lost create was called back before its answer failed, naming no job id; "
+                "waiting for another callback"
+            )
 
     def forget(self, token: str) -> None:
         """Stop listening on ``token``."""

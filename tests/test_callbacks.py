@@ -20,6 +20,7 @@ from shortwan import (
     JobState,
     PollPolicy,
     SubmissionUncertainError,
+    Timeouts,
 )
 from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import EntryState, Journal, request_key
@@ -228,6 +229,100 @@ class TestAdoption:
         assert client.jobs.uncertain == 0
         assert client.jobs.adopted == 1
         assert any(e.job_id == job_id for e in seen)
+
+    @pytest.mark.anyio
+    async def test_callback_before_the_lost_answer_is_kept_for_adoption(self) -> None:
+        """The job ends and calls back while the create's answer is still slow; the answer is
+        then given up on. The id the early callback named is how the paid job is found."""
+        async with (
+            FakeShortAPI(run_time=0.05, slow_delay=1.5) as fake,
+            CallbackReceiver() as receiver,
+            AsyncShortWan(
+                fake.api_key,
+                base_url=fake.url,
+                poll=poll(),
+                callbacks=receiver,
+                timeouts=Timeouts(read=0.5, request=0.8),
+            ) as client,
+        ):
+            fake.script("create", [Fault.SLOW_AFTER])
+            with pytest.raises(SubmissionUncertainError):
+                await client.submit(reqs(1, "early")[0])
+            (job_id,) = fake.jobs
+            assert receiver.received == 1  # the callback came before the answer was given up
+            with anyio.fail_after(10):
+                while (record := client.jobs.get(job_id)) is None or not record.is_terminal:
+                    await anyio.sleep(0.02)
+        assert record.video is not None
+        assert client.jobs.adopted == 1
+
+    @pytest.mark.anyio
+    async def test_adoption_during_the_journal_write_still_reaches_the_journal(
+        self, tmp_path: Path
+    ) -> None:
+        """The adoption may land while the batch is still writing 'uncertain': no double pay."""
+
+        class SlowJournal(Journal):
+            async def uncertain(self, key: str) -> None:
+                await anyio.sleep(0.5)  # a slow disk: the adoption finishes meanwhile
+                await super().uncertain(key)
+
+        items = reqs(1, "race")
+        async with setup(run_time=0.05) as (fake, _receiver, client):
+            fake.script("create", [Fault.RESET_AFTER])
+            async with SlowJournal(tmp_path / "j.sqlite") as journal:
+                (first,) = await client.gather(items, journal=journal)
+                assert isinstance(first.error, SubmissionUncertainError)
+                assert client.jobs.adopted == 1
+                with anyio.fail_after(10):
+                    while (entry := await journal.get(request_key(items[0]))) is None or (
+                        entry.job_id is None
+                    ):
+                        await anyio.sleep(0.02)
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                (second,) = await client.gather(items, journal=journal, resubmit_uncertain=True)
+            assert fake.stats.jobs_created == 1
+        assert second.ok
+        assert second.job_id == entry.job_id
+
+
+class TestQueriesInFlight:
+    @pytest.mark.anyio
+    async def test_callback_during_a_slow_query_is_not_dropped(self) -> None:
+        """A safety-net query leaves before the job ends and answers late; the callback that came
+        meanwhile gets its own query instead of waiting a whole safety-net interval."""
+        async with setup(interval=2.0, run_time=2.5, slow_delay=1.0) as (fake, _r, client):
+            fake.script("query", [Fault.SLOW_AFTER])  # the query at about 2.0 s answers at 3.0 s
+            started = anyio.current_time()
+            job = await client.submit(reqs(1)[0])
+            await job.result(timeout=20)
+            took = anyio.current_time() - started
+        # Without the re-check the result came at the next safety-net query, near 5 s.
+        assert took < 4.0, took
+
+    @pytest.mark.anyio
+    async def test_unconfirmed_success_without_a_url_is_checked_by_query(self) -> None:
+        """With confirm=False a 'succeeded' body whose video cannot be read does not fail the
+        job: it is asked about instead."""
+        receiver = CallbackReceiver(confirm=False)
+        async with setup(receiver, run_time=0.3) as (fake, _r, client):
+            job = await client.submit(reqs(1)[0])
+            url = fake.jobs[job.id].callback_url
+            assert url is not None
+            odd = {"id": job.id, "status": 2, "result": {"videos": "x"}}
+            assert await post(url, json.dumps({"code": 0, "data": odd}).encode()) == 200
+            video = await job.result(timeout=10)
+        assert video.url.startswith(fake.url)
+
+    @pytest.mark.anyio
+    async def test_deeply_nested_body_is_only_a_bad_body(self) -> None:
+        async with setup(run_time=0.3) as (fake, _r, client):
+            job = await client.submit(reqs(1)[0])
+            url = fake.jobs[job.id].callback_url
+            assert url is not None
+            assert await post(url, b"[" * 100_000 + b"]" * 100_000) == 200
+            video = await job.result(timeout=10)
+        assert video.url.startswith(fake.url)
 
 
 def free_port() -> int:
