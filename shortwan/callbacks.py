@@ -384,9 +384,17 @@ class CallbackReceiver:
 
     def forget_engine(self, engine: Engine) -> None:
         """Drop every token of a client that is closing."""
+        lost = 0
         for key, listener in list(self._listeners.items()):
             if listener.engine is engine:
+                lost += listener.uncertain
                 del self._listeners[key]
+        if lost:
+            logger.warning(
+                "closing with %d creates whose answers were lost and whose jobs were never found; "
+                "a callback for them can no longer be adopted: check your job list",
+                lost,
+            )
 
     def _expire(self) -> None:
         if len(self._listeners) < 1024 or secrets.randbelow(256):
