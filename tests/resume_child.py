@@ -9,18 +9,12 @@ import json
 import sys
 
 import anyio
+from helpers import POLL
 
-from shortwan import AsyncShortWan, BatchItem, ImageToVideo, PollPolicy
+from shortwan import AsyncShortWan, BatchItem, ImageToVideo
 from shortwan.journal import Journal
 
 COUNT = 200
-POLL = PollPolicy(
-    min_interval=0.02,
-    max_interval=0.2,
-    prior_seconds_per_video_second=0.01,
-    max_queries_per_second=2000,
-    max_concurrent_queries=32,
-)
 
 
 def items() -> list[BatchItem]:

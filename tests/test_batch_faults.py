@@ -13,38 +13,19 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import URL, client_for, req
 
 from shortwan import (
     AsyncShortWan,
     BatchItem,
     DownloadError,
-    ImageToVideo,
     InvalidRequestError,
-    PollPolicy,
     RetryPolicy,
     ShortWanError,
     SubmissionUncertainError,
 )
 from shortwan.journal import Journal
 from shortwan.testing import FakeShortAPI, Fault, JobPlan
-
-URL = "https://example.com/frame.png"
-POLL = PollPolicy(
-    min_interval=0.02,
-    max_interval=0.2,
-    prior_seconds_per_video_second=0.01,
-    max_queries_per_second=2000,
-    max_concurrent_queries=32,
-)
-
-
-def client_for(fake: FakeShortAPI, **kwargs: Any) -> AsyncShortWan:
-    kwargs.setdefault("poll", POLL)
-    return AsyncShortWan(fake.api_key, base_url=fake.url, **kwargs)
-
-
-def req(prompt: str, duration: int = 2) -> ImageToVideo:
-    return ImageToVideo(prompt=prompt, first_frame_image=URL, duration=duration)
 
 
 def engine_alive(client: AsyncShortWan) -> bool:

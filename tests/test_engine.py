@@ -10,6 +10,7 @@ from decimal import Decimal
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import client_for, req
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,25 +28,6 @@ from shortwan import (
     SubmissionUncertainError,
 )
 from shortwan.testing import FakeShortAPI, Fault, set_testing
-
-URL = "https://example.com/frame.png"
-# Time scaled down: jobs of tenths of a second, queries tens of milliseconds apart.
-POLL = PollPolicy(
-    min_interval=0.02,
-    max_interval=0.2,
-    prior_seconds_per_video_second=0.01,
-    max_queries_per_second=2000,
-    max_concurrent_queries=32,
-)
-
-
-def client_for(fake: FakeShortAPI, **kwargs: object) -> AsyncShortWan:
-    kwargs.setdefault("poll", POLL)
-    return AsyncShortWan(fake.api_key, base_url=fake.url, **kwargs)  # type: ignore[arg-type]
-
-
-def req(prompt: str = "a fox", **kwargs: object) -> ImageToVideo:
-    return ImageToVideo(prompt=prompt, first_frame_image=URL, **kwargs)  # type: ignore[arg-type]
 
 
 def reqs(n: int, tag: str = "p") -> list[ImageToVideo]:

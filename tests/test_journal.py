@@ -14,15 +14,14 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import URL, client_for
 
 from shortwan import (
-    AsyncShortWan,
     BatchItem,
     ImageToVideo,
     InvalidRequestError,
     JobFailedError,
     Outcome,
-    PollPolicy,
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
@@ -30,19 +29,6 @@ from shortwan import (
 )
 from shortwan.journal import EntryState, Journal, JournalError, request_key
 from shortwan.testing import FakeShortAPI, Fault, JobPlan
-
-URL = "https://example.com/frame.png"
-POLL = PollPolicy(
-    min_interval=0.02,
-    max_interval=0.2,
-    prior_seconds_per_video_second=0.01,
-    max_queries_per_second=2000,
-    max_concurrent_queries=32,
-)
-
-
-def client_for(fake: FakeShortAPI) -> AsyncShortWan:
-    return AsyncShortWan(fake.api_key, base_url=fake.url, poll=POLL)
 
 
 def reqs(n: int, tag: str = "p") -> list[ImageToVideo]:
