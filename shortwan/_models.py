@@ -272,7 +272,11 @@ class JobStatus(enum.IntEnum):
     @classmethod
     def from_raw(cls, raw: int) -> JobStatus:
         """Map a raw status number to a member, ``UNKNOWN`` for numbers without one."""
-        return cls(raw)
+        return _STATUS_BY_RAW.get(raw, JobStatus.UNKNOWN)
+
+
+# A dict lookup: calling the enum class costs several times more, once per query answer.
+_STATUS_BY_RAW: Final[dict[int, JobStatus]] = {member.value: member for member in JobStatus}
 
 
 def is_terminal(raw_status: int) -> bool:

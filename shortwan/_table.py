@@ -50,7 +50,7 @@ class JobState(enum.Enum):
 
 
 _TERMINAL: Final = frozenset({JobState.SUCCEEDED, JobState.FAILED})
-_FROM_STATUS: Final = {
+_FROM_STATUS: Final[dict[int, JobState]] = {
     JobStatus.QUEUED: JobState.QUEUED,
     JobStatus.RUNNING: JobState.RUNNING,
     JobStatus.SUCCEEDED: JobState.SUCCEEDED,
@@ -138,7 +138,8 @@ def state_for(raw_status: int) -> JobState:
     """Map a status number to a state: 3 and up are failures, unknown lower numbers keep waiting."""
     if raw_status >= JobStatus.FAILED:
         return JobState.FAILED
-    return _FROM_STATUS.get(JobStatus.from_raw(raw_status), JobState.RUNNING)
+    # IntEnum members hash as their numbers: no enum lookup on the poller's path.
+    return _FROM_STATUS.get(raw_status, JobState.RUNNING)
 
 
 class JobTable:
