@@ -89,6 +89,12 @@ def test_sigkill_mid_batch_then_resume(tmp_path: Path) -> None:
     assert max(stats["jobs_by_prompt"].values()) <= 2
     assert stats["jobs_created"] - created_before <= 200 - (len(states) - len(maybe_sent))
     assert all(o["ok"] or o["error"] for o in outcomes)
+    # What happened, for the record (shown with -s, or when an assertion below fails).
+    print(
+        f"killed after {seen} outcomes: {len(in_flight)} jobs in flight, {len(maybe_sent)} "
+        f"maybe sent; rerun: {replayed} replayed, {len(doubled)} resent, "
+        f"{stats['jobs_created']} jobs created in all for 200 requests"
+    )
     for outcome in outcomes:
         if outcome["job_id"] is None:
             assert outcome["error"] == "SubmissionUncertainError"

@@ -146,6 +146,8 @@ async def test_soak(tmp_path: Path, callbacks: bool) -> None:
     assert reported <= tracked
     # Most requests made it through, and every success has its file.
     kinds = Counter(type(o.error).__name__ if o.error else "ok" for o in outcomes)
+    mode = f"callbacks ({adopted} adopted)" if callbacks else "polling"
+    print(f"{mode}: {dict(kinds)}, {len(fake_jobs)} jobs made")
     assert kinds["ok"] >= 0.85 * COUNT, kinds
     for outcome in outcomes:
         if outcome.ok:
