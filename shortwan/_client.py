@@ -223,8 +223,10 @@ class AsyncShortWan:
         collected with :meth:`attach` from another client. A borrowed session stays open.
         """
         self._state = _State.CLOSED
-        await self._engine.aclose()
-        await self._transport.aclose()
+        try:
+            await self._engine.aclose()
+        finally:
+            await self._transport.aclose()
 
     async def submit(self, request: ImageToVideo) -> Job:
         """Create a job for ``request``; the job is charged from here on.

@@ -67,6 +67,7 @@ class Engine:
         self._started: asyncio.Event | None = None
         # Creates under way in tasks of their own (see create); close waits for them.
         self._creating: set[asyncio.Task[JobRecord]] = set()
+        self._closing = False
 
     @property
     def poller(self) -> Poller:
@@ -103,27 +104,37 @@ class Engine:
         self._task_group.start_soon(func)
 
     async def aclose(self) -> None:
-        """Stop all background work; jobs still running are detached and listed in the log."""
-        if self._creating:
-            # A create that has left may have made a paid job: let it land in the table (its
-            # own timeouts bound the wait) so it is listed below, not lost.
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(set(self._creating))
+        """Stop all background work; jobs still running are detached and listed in the log.
+
+        A create under way may have made a paid job, so close first lets every one of them land
+        in the table (each is bounded by its own timeouts), even through a native cancellation,
+        which is raised once everything is shut down.
+        """
+        self._closing = True  # no create leaves from here on, not even one waiting for a slot
+        cancelled = await _wait_all(self._creating)
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
         self._adoption_hooks.clear()
         self._adopted_early.clear()
+        # Detached before the task group stops, so a batch still running reports these jobs
+        # (JobDetachedError) to its consumer instead of ending without a word about them.
+        self._detach_pending()
         runner, self._runner = self._runner, None
         if runner is not None:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()
             else:
                 runner.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({runner})
+            cancelled = await _wait_all({runner}) or cancelled
             if not runner.cancelled() and runner.exception() is not None:
                 logger.error("the engine stopped with an error", exc_info=runner.exception())
             self._task_group = None
+        self._detach_pending()  # anything a stopping batch attached meanwhile
+        self.table.close()
+        if cancelled is not None:
+            raise cancelled
+
+    def _detach_pending(self) -> None:
         pending = self.table.pending()
         if pending:
             ids = ", ".join(r.id for r in pending[:20])
@@ -138,7 +149,6 @@ class Engine:
             )
             for record in pending:
                 self.table.detach(record)
-        self.table.close()
 
     async def query(self, job_id: str) -> JobSnapshot:
         """Send one query and read the answer into a snapshot of ``job_id``."""
@@ -185,19 +195,42 @@ class Engine:
         is still tracked and its error is raised.
         """
         self._ensure_running()
+        self._refuse_if_closing()
         slots = self._slots
         if slots is None and self.max_in_flight is not None:
             slots = self._slots = anyio.Semaphore(self.max_in_flight)
         if slots is not None:
             # Waiting for a slot is cancellable: nothing has been sent yet.
             await slots.acquire()
+            try:
+                self._refuse_if_closing()  # the slot may have come free because of the close
+            except RuntimeError:
+                slots.release()
+                raise
+        token = callback_url = None
+        receiver = self.callbacks
         try:
+            # Everything that can refuse the create runs before before_send, so a refusal never
+            # leaves a journal saying "maybe sent".
+            if receiver is not None:
+                token, callback_url = receiver.register(self, request)
             if before_send is not None:
                 await before_send()
+            # Last chance to back out: from here the create leaves with no await in between.
+            await checkpoint_if_cancelled()
             task = asyncio.get_running_loop().create_task(
-                self._create(request, track=track, on_created=on_created, slots=slots)
+                self._create(
+                    request,
+                    track=track,
+                    on_created=on_created,
+                    slots=slots,
+                    token=token,
+                    callback_url=callback_url,
+                )
             )
         except BaseException:
+            if receiver is not None and token is not None:
+                receiver.forget(token)
             if slots is not None:
                 slots.release()
             raise
@@ -208,6 +241,10 @@ class Engine:
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
         return record
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise RuntimeError("the client was closed; nothing was sent")
 
     def _created(self, task: asyncio.Task[JobRecord]) -> None:
         self._creating.discard(task)
@@ -221,12 +258,11 @@ class Engine:
         track: bool,
         on_created: Callable[[JobRecord], Awaitable[None]] | None,
         slots: anyio.Semaphore | None,
+        token: str | None,
+        callback_url: str | None,
     ) -> JobRecord:
-        token = callback_url = None
         receiver = self.callbacks
         try:
-            if receiver is not None:
-                token, callback_url = receiver.register(self, request)
             try:
                 created = await self.transport.create(
                     request.model, request_args(request), callback_url=callback_url
@@ -302,7 +338,10 @@ class Engine:
             receiver.keep_uncertain(token)
             return
         if job_id in self.table:
-            return  # already known: a forged callback cannot hand us another caller's job
+            # Already known: a forged callback cannot hand us another caller's job. The token
+            # keeps listening, in case the real callback of the lost create is still to come.
+            receiver.keep_uncertain(token)
+            return
         record = self.table.add(
             JobRecord(
                 id=job_id,
@@ -412,3 +451,19 @@ class Engine:
         error = record.error or ShortWanError(f"job {record.id} ended without a video")
         error.job_id = error.job_id or record.id
         raise error
+
+
+async def _wait_all(live: set[asyncio.Task[Any]]) -> asyncio.CancelledError | None:
+    """Wait until every task of the live set ``live`` is done, even through cancellation.
+
+    Neither an anyio cancel scope nor a native ``Task.cancel`` cuts the wait short; a native
+    cancellation that arrived meanwhile is returned, for the caller to raise when it is done.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while pending := {task for task in live if not task.done()}:
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(asyncio.wait(pending))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    return cancelled

@@ -323,7 +323,15 @@ class Transport:
         while True:
             attempt += 1
             if self._paused_until > 0:
-                await self._wait_for_pause(deadline)
+                try:
+                    await self._wait_for_pause(deadline)
+                except RateLimitError as exc:
+                    if maybe_sent:
+                        raise SubmissionUncertainError(
+                            "the create request may have reached the service, and the service "
+                            f"then asked this client to pause ({exc}); the outcome is unknown",
+                        ) from exc
+                    raise
             remaining = deadline - time.monotonic()
             try:
                 return await self._attempt(
