@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import anyio
 import attrs
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._convert import request_from_args
@@ -260,6 +261,14 @@ class Batch:
             if self.error is None:
                 self.error = _as_shortwan(exc, "generate_many stopped by an internal error")
         finally:
+            if self.error is None and not self._stopped and (self._outstanding or self._feeding):
+                # The client closed under the batch: outcomes already delivered (detached jobs
+                # included) stand, and the consumer is told the rest never came.
+                self.error = JobDetachedError(
+                    "the client was closed before generate_many finished; jobs still running "
+                    "go on remotely (see client.jobs and the log), requests not yet sent were "
+                    "not sent"
+                )
             self._send.close()
             self.finished.set()
             if self._async_items is not None:
@@ -410,15 +419,24 @@ class Batch:
                 Outcome(index=index, request=request, key=key, error=self._cap_error(request))
             )
             return
-        on_created = before_send = None
-        if journal is not None and key is not None:
-            journaled_key = key
+        on_created = None
 
-            async def before_send() -> None:
+        async def before_send() -> None:
+            if journal is not None and key is not None:
                 # Durable before the create leaves (and only once a client-wide slot is held,
                 # so a request still waiting for one is not taken for maybe-sent): a crash from
                 # here on is never a silent double.
-                await journal.intent(journaled_key, model=request.model, estimate=cost)
+                await journal.intent(key, model=request.model, estimate=cost)
+                try:
+                    await checkpoint_if_cancelled()  # stopped meanwhile: it never leaves
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await journal.forget(key)
+                    raise
+            facts["sending"] = True
+
+        if journal is not None and key is not None:
+            journaled_key = key
 
             async def on_created(record: JobRecord) -> None:
                 try:
@@ -438,7 +456,11 @@ class Batch:
                 if exc.callback_token is not None:
                     # Before the write below: an adoption may land while it is under way.
                     self._engine.on_adoption(exc.callback_token, self._journal_adopted(key))
-                await journal.uncertain(key)
+                try:
+                    await journal.uncertain(key)
+                except Exception:
+                    # The intent already says "maybe sent"; the outcome keeps saying so too.
+                    logger.exception("the lost create of %r could not be journaled", key)
             self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
         except (APIError, TransportError) as exc:
@@ -448,6 +470,13 @@ class Batch:
                 await self._budget.release(cost)
             self._emit(Outcome(index=index, request=request, key=key, error=exc))
             return
+        except BaseException:
+            if not facts.get("sending") and self._budget is not None:
+                # Refused before it could leave (a journal or callback fault, a cancellation):
+                # nothing was spent.
+                with anyio.CancelScope(shield=True):
+                    await self._budget.release(cost)
+            raise
         facts["record"], facts["tracked"] = record, True
         self._wait_for(index, record, key, output)
         if self._budget is not None:
@@ -545,7 +574,15 @@ class Batch:
                 error.job_id = outcome.job_id
             return attrs.evolve(outcome, error=error)
         if self._journal is not None and outcome.key is not None:
-            await self._journal.downloaded(outcome.key, path)
+            try:
+                await self._journal.downloaded(outcome.key, path)
+            except Exception as exc:
+                # The file is whole at its path; only the note of it is missing (a rerun
+                # compares the file with the video before claiming it).
+                logger.exception("the download of job %s could not be journaled", outcome.job_id)
+                error = _as_shortwan(exc, "the download could not be journaled")
+                error.job_id = error.job_id or outcome.job_id
+                return attrs.evolve(outcome, path=path, error=error)
         return attrs.evolve(outcome, path=path)
 
     async def _claim(self, video: Video, dest: Path) -> Path:
@@ -623,29 +660,35 @@ class Batch:
             error=error,
             amount=record.amount,
         )
-        if self._slow_finish and self._task_group is not None:
+        if self._slow_finish:
             key, output = self._extras.pop(index, (None, None))
-            self._task_group.start_soon(self._complete, attrs.evolve(outcome, key=key), output)
-            return
+            outcome = attrs.evolve(outcome, key=key)
+            if self._task_group is not None and (
+                record.video is not None or isinstance(error, JobFailedError)
+            ):
+                self._task_group.start_soon(self._complete, outcome, output)
+                return
         self._emit(outcome)
 
     async def _complete(self, outcome: Outcome, output: str | None) -> None:
         """Journal how a job ended and download its video, then report it."""
         journal, key = self._journal, outcome.key
+        journal_error: ShortWanError | None = None
         try:
             if journal is not None and key is not None:
                 if outcome.video is not None:
                     await journal.finished(key, video=outcome.video)
                 elif isinstance(outcome.error, JobFailedError):
                     await journal.finished(key, error=outcome.error)
-            if outcome.video is not None and self._download_to is not None:
-                outcome = await self._download(outcome, output)
         except Exception as exc:
-            # The job's outcome is still reported, with the video if it has one.
-            logger.exception("recording the end of job %s failed", outcome.job_id)
-            error = _as_shortwan(exc, f"recording the end of job {outcome.job_id} failed")
-            error.job_id = error.job_id or outcome.job_id
-            outcome = attrs.evolve(outcome, error=error)
+            # Reported with the outcome; the video is still downloaded.
+            logger.exception("the end of job %s could not be journaled", outcome.job_id)
+            journal_error = _as_shortwan(exc, f"the end of job {outcome.job_id} was not journaled")
+            journal_error.job_id = journal_error.job_id or outcome.job_id
+        if outcome.video is not None and self._download_to is not None:
+            outcome = await self._download(outcome, output)
+        if journal_error is not None and outcome.error is None:
+            outcome = attrs.evolve(outcome, error=journal_error)
         self._emit(outcome)
 
     async def _watch_deadlines(self) -> None:

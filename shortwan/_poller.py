@@ -326,7 +326,7 @@ class Poller:
             exc,
             extra={"job_id": record.id},
         )
-        self.schedule(record, self._next_gap_or_recheck(record, now))
+        self.schedule(record, self._next_gap(record, now))
 
     def _next_gap_or_recheck(self, record: JobRecord, now: float) -> float:
         if record.recheck:

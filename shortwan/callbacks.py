@@ -369,9 +369,11 @@ class CallbackReceiver:
         listener.uncertain = True
         listener.since = time.monotonic()
         if listener.early_id is not None:
-            # The service called back before the create's answer was given up on: adopt now.
+            # The service called back before the create's answer was given up on: adopt now,
+            # once (if the id cannot be confirmed, the next callback is waited for).
+            early_id, listener.early_id = listener.early_id, None
             listener.uncertain = False
-            listener.engine.adopt(listener.early_id, listener.request, listener.token)
+            listener.engine.adopt(early_id, listener.request, listener.token)
         elif listener.hinted:
             logger.warning(
                 "a lost create was called back before its answer failed, naming no job id; "

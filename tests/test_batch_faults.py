@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
@@ -18,14 +19,19 @@ from helpers import URL, client_for, req
 from shortwan import (
     AsyncShortWan,
     BatchItem,
+    ConfigurationError,
     DownloadError,
     InvalidRequestError,
+    JobDetachedError,
+    JournalError,
+    RetryEvent,
     RetryPolicy,
     ShortWanError,
     SubmissionUncertainError,
 )
+from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import Journal
-from shortwan.testing import FakeShortAPI, Fault, JobPlan
+from shortwan.testing import FakeShortAPI, Fault, JobPlan, set_testing
 
 
 def engine_alive(client: AsyncShortWan) -> bool:
@@ -245,3 +251,180 @@ class TestCreatesThatMayHaveLanded:
         assert isinstance(outcome.error, SubmissionUncertainError)
         assert len(fake.jobs) == 1
         assert [e.state.value for e in entries] == ["uncertain"]
+
+
+class TestRefusedBeforeSending:
+    @pytest.mark.anyio
+    async def test_a_failed_intent_gives_its_reservation_back(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real = Journal.intent
+        failures = 2
+
+        async def flaky(self: Journal, key: str, **kwargs: Any) -> None:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise JournalError("the disk is full")
+            await real(self, key, **kwargs)
+
+        monkeypatch.setattr(Journal, "intent", flaky)
+        items = [req(p) for p in ("a", "b", "c")]
+        async with (
+            FakeShortAPI(run_time=0.05) as fake,
+            client_for(fake) as client,
+            Journal(tmp_path / "j.sqlite") as journal,
+        ):
+            outcomes = await client.gather(
+                items, concurrency=1, journal=journal, max_spend=items[0].estimated_cost * 2
+            )
+        assert [type(o.error).__name__ for o in outcomes[:2]] == ["JournalError"] * 2
+        assert outcomes[2].ok  # the cap was not eaten by the two that never left
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_a_refused_create_leaves_no_intent(self, tmp_path: Path) -> None:
+        items = [req("a")]
+        async with FakeShortAPI(run_time=0.05) as fake:
+            receiver = CallbackReceiver()  # never started: it has no URL to hand out
+            async with (
+                client_for(fake, callbacks=receiver) as client,
+                Journal(tmp_path / "j.sqlite") as journal,
+            ):
+                (first,) = await client.gather(items, journal=journal)
+                assert isinstance(first.error, ConfigurationError)
+                assert await journal.entries() == []
+            async with (
+                CallbackReceiver() as receiver,
+                client_for(fake, callbacks=receiver) as client,
+                Journal(tmp_path / "j.sqlite") as journal,
+            ):
+                (second,) = await client.gather(items, journal=journal)
+        assert second.ok  # not refused as "maybe sent by an earlier run"
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_cancelled_while_the_intent_is_written_sends_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        async with (
+            FakeShortAPI(run_time=0.05) as fake,
+            client_for(fake) as client,
+            Journal(tmp_path / "j.sqlite") as journal,
+        ):
+            request = req("x")
+            with anyio.CancelScope() as scope:
+
+                async def before_send() -> None:
+                    scope.cancel()  # the consumer left while the (shielded) write went on
+                    await journal.intent("k", model=request.model, estimate=request.estimated_cost)
+
+                await client._engine.create(request, before_send=before_send)
+            assert scope.cancelled_caught
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.anyio
+    async def test_a_pause_after_a_maybe_sent_attempt_stays_uncertain(self) -> None:
+        set_testing(False)  # the pause is checked against the real clock here
+        retry = RetryPolicy(retry_uncertain_creates=True, timeout=5, initial_delay=0.01)
+        async with FakeShortAPI() as fake:
+            client = client_for(fake, retry=retry)
+
+            def pause_everything(event: RetryEvent) -> None:
+                # A 429 elsewhere asks the whole client to wait longer than this call may.
+                client._transport._paused_until = time.monotonic() + 60
+
+            client._transport.on_retry = pause_everything
+            async with client:
+                fake.script("create", [Fault.RESET_AFTER])
+                with pytest.raises(SubmissionUncertainError, match="pause"):
+                    await client.submit(req("x"))
+        assert len(fake.jobs) == 1
+
+
+class TestClosing:
+    @pytest.mark.anyio
+    async def test_closing_during_generate_many_reports_every_job(self) -> None:
+        async with FakeShortAPI(run_time=2.0) as fake:
+            client = client_for(fake)
+            outcomes = []
+            errors: list[JobDetachedError] = []
+
+            async def close_soon() -> None:
+                await anyio.sleep(0.3)
+                await client.aclose()
+
+            async def consume() -> None:
+                try:
+                    # Two in flight at a time: when the client closes, four were never sent.
+                    requests = [req(f"p{i}") for i in range(6)]
+                    async for outcome in client.generate_many(requests, concurrency=2):
+                        outcomes.append(outcome)
+                except JobDetachedError as exc:
+                    errors.append(exc)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(close_soon)
+                    tg.start_soon(consume)
+        (error,) = errors
+        assert "closed before generate_many finished" in str(error)
+        assert fake.stats.creates_received == 2
+        assert sorted(o.job_id for o in outcomes) == sorted(fake.jobs)  # type: ignore[type-var]
+        assert all(isinstance(o.error, JobDetachedError) for o in outcomes)
+
+    @pytest.mark.anyio
+    async def test_a_create_waiting_for_a_slot_does_not_leave_after_close(self) -> None:
+        async with FakeShortAPI(run_time=5.0) as fake:
+            client = client_for(fake, max_in_flight=1)
+            await client.submit(req("a"))
+            waiter = asyncio.ensure_future(client.submit(req("b")))
+            await anyio.sleep(0.05)
+            await client.aclose()
+            with pytest.raises(RuntimeError, match="closed"):
+                await waiter
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_close_cancelled_natively_still_shuts_everything(self) -> None:
+        async with FakeShortAPI(slow_delay=1.0) as fake:
+            client = client_for(fake)
+            fake.script("create", [Fault.SLOW_AFTER])
+            submit = asyncio.ensure_future(client.submit(req("slow")))
+            await anyio.sleep(0.1)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.aclose(), 0.1)
+            # The create was waited for all the same, and nothing is left running.
+            assert client._engine._runner is None
+            assert client._transport._session is None
+            (job_id,) = fake.jobs
+            assert job_id in client.jobs
+            assert (await submit).id == job_id
+
+
+class TestJournalTrouble:
+    @pytest.mark.anyio
+    async def test_replayed_outcome_keeps_its_job_when_the_download_note_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        items = [req("a")]
+        async with FakeShortAPI(run_time=0.02) as fake, client_for(fake) as client:
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                (first,) = await client.gather(items, journal=journal)
+
+            async def broken(self: Journal, key: str, path: Path) -> None:
+                raise JournalError("the disk is full")
+
+            monkeypatch.setattr(Journal, "downloaded", broken)
+            async with Journal(tmp_path / "j.sqlite") as journal:
+                (second,) = await client.gather(
+                    items, journal=journal, download_to=tmp_path / "out"
+                )
+        assert second.replayed
+        assert second.job_id == first.job_id
+        assert second.video is not None
+        assert first.video is not None
+        assert second.video.url == first.video.url
+        assert second.path == tmp_path / "out" / f"{first.job_id}.mp4"
+        assert second.path.stat().st_size > 0
+        assert isinstance(second.error, JournalError)

@@ -285,6 +285,44 @@ class TestAdoption:
         assert second.ok
         assert second.job_id == entry.job_id
 
+    @pytest.mark.anyio
+    async def test_an_early_id_that_cannot_be_confirmed_is_tried_once(self) -> None:
+        """An early callback names a job the service does not know: one query, then the token
+        waits for another callback, instead of asking again and again."""
+        async with (
+            FakeShortAPI(run_time=5.0, slow_delay=1.0) as fake,
+            CallbackReceiver() as receiver,
+            AsyncShortWan(
+                fake.api_key,
+                base_url=fake.url,
+                poll=poll(),
+                callbacks=receiver,
+                timeouts=Timeouts(read=0.3, request=0.5),
+            ) as client,
+        ):
+            fake.script("create", [Fault.SLOW_AFTER])
+
+            async def early_callback() -> None:
+                while not receiver.listening:
+                    await anyio.sleep(0.01)
+                url = next(iter(fake.jobs.values()), None)
+                while url is None:  # the slow create has made its job by now or soon
+                    await anyio.sleep(0.01)
+                    url = next(iter(fake.jobs.values()), None)
+                assert url.callback_url is not None
+                body = {"code": 0, "data": {"id": "nosuchjob0000000000000000", "status": 1}}
+                assert await post(url.callback_url, json.dumps(body).encode()) == 200
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(early_callback)
+                with pytest.raises(SubmissionUncertainError):
+                    await client.submit(reqs(1, "early")[0])
+            before = fake.stats.queries
+            await anyio.sleep(1.0)
+            after = fake.stats.queries
+            assert client.jobs.adopted == 0
+        assert after - before <= 2
+
 
 class TestQueriesInFlight:
     @pytest.mark.anyio
