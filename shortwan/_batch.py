@@ -117,6 +117,7 @@ class _Engine(Protocol):
         track: bool = True,
         on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        inline: bool = False,
     ) -> JobRecord: ...
 
     def attach(self, job_id: str) -> JobRecord: ...
@@ -447,8 +448,10 @@ class Batch:
                     logger.exception("job %s could not be written to the journal", record.id)
 
         try:
+            # The senders are the engine's own tasks, cancelled only through anyio, whose shield
+            # keeps a create that has left from being abandoned: no task of its own is needed.
             record = await self._engine.create(
-                request, on_created=on_created, before_send=before_send
+                request, on_created=on_created, before_send=before_send, inline=True
             )
         except SubmissionUncertainError as exc:
             # Maybe charged: the reservation stays, so the cap still counts it.

@@ -181,6 +181,7 @@ class Engine:
         track: bool = True,
         on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        inline: bool = False,
     ) -> JobRecord:
         """Create a job and put it in the table before anything else can fail.
 
@@ -193,6 +194,10 @@ class Engine:
         leaves (a journal writes its intent there); ``on_created`` runs in the create's task as
         soon as the job is in the table (a journal records the id there); if it fails, the job
         is still tracked and its error is raised.
+
+        ``inline=True`` runs the create in the calling task, under the anyio shield alone: for
+        callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
+        it saves a task per create.
         """
         self._ensure_running()
         self._refuse_if_closing()
@@ -218,15 +223,13 @@ class Engine:
                 await before_send()
             # Last chance to back out: from here the create leaves with no await in between.
             await checkpoint_if_cancelled()
-            task = asyncio.get_running_loop().create_task(
-                self._create(
-                    request,
-                    track=track,
-                    on_created=on_created,
-                    slots=slots,
-                    token=token,
-                    callback_url=callback_url,
-                )
+            sending = self._create(
+                request,
+                track=track,
+                on_created=on_created,
+                slots=slots,
+                token=token,
+                callback_url=callback_url,
             )
         except BaseException:
             if receiver is not None and token is not None:
@@ -234,10 +237,16 @@ class Engine:
             if slots is not None:
                 slots.release()
             raise
-        self._creating.add(task)
-        task.add_done_callback(self._created)
-        with anyio.CancelScope(shield=True):
-            record = await asyncio.shield(task)
+        # From here _create owns the slot and the token, and lets go of them if it fails.
+        if inline:
+            with anyio.CancelScope(shield=True):
+                record = await sending
+        else:
+            task = asyncio.get_running_loop().create_task(sending)
+            self._creating.add(task)
+            task.add_done_callback(self._created)
+            with anyio.CancelScope(shield=True):
+                record = await asyncio.shield(task)
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
         return record
