@@ -24,6 +24,7 @@ import math
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,9 @@ from typing import Any, Final, Literal, TypeVar
 
 import anyio
 import attrs
+
+if sys.platform != "win32":
+    import fcntl
 
 from ._convert import request_args
 from ._errors import JobFailedError, JournalError, ShortWanError
@@ -302,10 +306,34 @@ class _Writer(threading.Thread):
             )
         return conn
 
-    def run(self) -> None:
+    def _lock(self) -> int | None:
+        """Take the journal's run lock: two runs writing one journal would each pay for its
+        requests. Released by the system when the file is closed or the process dies."""
+        if sys.platform == "win32":  # pragma: no cover - no advisory locks there
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalError(
+                f"journal {self.path} is in use by another run (in this process or another); "
+                "two runs of one batch would both pay for its requests"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def run(self) -> None:
+        lock = None
+        try:
+            lock = self._lock()
             conn = self._open()
         except Exception as exc:  # Every failure to open is reported to the caller.
+            if lock is not None:
+                os.close(lock)
             error = exc if isinstance(exc, JournalError) else self._error(exc, "cannot open it: ")
             self._settle(self.ready, None, error)
             self._settle(self.stopped, None, None)
@@ -315,6 +343,8 @@ class _Writer(threading.Thread):
             self._serve(conn)
         finally:
             conn.close()
+            if lock is not None:
+                os.close(lock)
             # Nothing is served any more: whatever is still queued fails instead of hanging.
             while True:
                 try:

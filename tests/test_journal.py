@@ -208,6 +208,19 @@ async def entry_of(journal: Journal, key: str) -> tuple[EntryState, str | None] 
 
 class TestJournalFailures:
     @pytest.mark.anyio
+    async def test_one_run_at_a_time(self, tmp_path: Path) -> None:
+        """Two runs of one batch would both pay for its requests: the second is refused."""
+        path = tmp_path / "j.sqlite"
+        async with Journal(path) as first:
+            await first.intent("k", model="m", estimate=Decimal("0.17"))
+            with pytest.raises(JournalError, match="in use by another run"):
+                async with Journal(path) as second:
+                    await second.get("k")
+        async with Journal(path) as again:  # free once the first is closed
+            entry = await again.get("k")
+        assert entry is not None
+
+    @pytest.mark.anyio
     async def test_status_beyond_int64_is_stored_clamped(self, tmp_path: Path) -> None:
         """A raw status too big for SQLite INTEGER is stored clamped; the writer lives on."""
         async with Journal(tmp_path / "j.db") as journal:
