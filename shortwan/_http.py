@@ -387,11 +387,14 @@ class Transport:
             return None
         server_wait = failure.retry_after
         if server_wait is not None:
+            if failure.safety is Safety.NOT_SENT and isinstance(failure.error, RateLimitError):
+                # Every call of the client holds off, for as long as asked (up to the cap): a
+                # longer wait than the cap is not a reason to keep asking at full speed.
+                pause = min(server_wait, policy.max_retry_after)
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
             if server_wait > policy.max_retry_after:
                 # Waiting that long is not ours to decide: raise and let the caller choose.
                 return None
-            if failure.safety is Safety.NOT_SENT and isinstance(failure.error, RateLimitError):
-                self._paused_until = max(self._paused_until, time.monotonic() + server_wait)
             delay = 0.0 if is_testing() else server_wait
         else:
             delay = backoff_delay(policy, attempt, self._rng)

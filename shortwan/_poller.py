@@ -326,7 +326,11 @@ class Poller:
             exc,
             extra={"job_id": record.id},
         )
-        self.schedule(record, self._next_gap(record, now))
+        gap = self._next_gap(record, now)
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            # Asked to wait: never sooner than that (the transport pauses every call as well).
+            gap = max(gap, min(exc.retry_after, self.policy.max_interval))
+        self.schedule(record, gap)
 
     def _next_gap_or_recheck(self, record: JobRecord, now: float) -> float:
         if record.recheck:

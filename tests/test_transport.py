@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import ClassVar
@@ -29,7 +30,7 @@ from shortwan import (
     Timeouts,
     TransportError,
 )
-from shortwan.testing import FakeShortAPI, Fault
+from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 URL = "https://example.com/frame.png"
 FAST = Timeouts(connect=2.0, pool=2.0, read=0.5, request=2.0)
@@ -69,7 +70,10 @@ class TestConfiguration:
             AsyncShortWan(key)
         assert key not in str(info.value)
 
-    @pytest.mark.parametrize("url", ["ftp://x", "api.shortapi.ai", "https://", "http://h/?q=1"])
+    @pytest.mark.parametrize(
+        "url",
+        ["ftp://x", "api.shortapi.ai", "https://", "http://h/?q=1", "http://[::1", "http://h:port"],
+    )
     def test_bad_base_url_refused(self, url: str) -> None:
         """A base URL that is not http(s) with a host is refused at construction."""
         with pytest.raises(ConfigurationError):
@@ -291,6 +295,26 @@ class TestCreateSafety:
                 await client.submit(req())
         assert info.value.retry_after == 120
         assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_long_retry_after_still_pauses_the_client_up_to_the_cap(self) -> None:
+        """Asked to wait longer than max_retry_after, the client raises at once but still holds
+        every call off for max_retry_after, instead of asking again at full speed."""
+        set_testing(False)  # the pause is real time here
+        retry = RetryPolicy(max_retry_after=0.5)
+        async with (
+            FakeShortAPI(retry_after="120") as fake,
+            client_for(fake, retry=retry) as client,
+        ):
+            fake.script("query", [Fault.RATE_LIMIT])
+            job_id = fake.add_jobs(1)[0]
+            with pytest.raises(RateLimitError):
+                await client.get_job(job_id)
+            started = time.monotonic()
+            await client.get_job(job_id)
+            waited = time.monotonic() - started
+        assert waited >= 0.4, waited
+        assert fake.stats.queries == 2
 
     @pytest.mark.anyio
     async def test_persistent_3000_ends_as_service_unavailable(self, fake: FakeShortAPI) -> None:
