@@ -6,6 +6,7 @@ shape that cannot be read becomes one :class:`~shortwan.MalformedResponseError` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -17,6 +18,8 @@ from cattrs.preconf.json import make_converter
 
 from ._errors import InvalidRequestError, MalformedResponseError, snippet
 from ._models import ImageToVideo, JobSnapshot, JobStatus, job_id_problem
+
+logger = logging.getLogger("shortwan")
 
 __all__ = [
     "CreateData",
@@ -296,6 +299,37 @@ def _item_url(item: object) -> str | None:
     return None
 
 
+# Fields an answer may carry that say nothing about whether the job is done or where its video is:
+# one the SDK cannot read is dropped, never allowed to fail the answer (and with it a paid job).
+_EXTRA_QUERY_FIELDS: Final[tuple[tuple[str, Any], ...]] = (
+    ("refunded", bool),
+    ("credit", Decimal),
+    ("model", str),
+    ("args", dict[str, Any]),
+    ("key_name", str),
+    ("created_at", str),
+    ("updated_at", str),
+    ("finished_at", str),
+)
+
+
+def _without_unreadable_extras(data: object) -> object:
+    """Return ``data`` with the extra fields it cannot be read with set to None."""
+    if not isinstance(data, Mapping):
+        return data
+    cleaned = dict(data)
+    for name, cls in _EXTRA_QUERY_FIELDS:
+        value = cleaned.get(name)
+        if value is None:
+            continue
+        try:
+            converter.structure(value, cls)
+        except Exception:  # any unreadable value is merely dropped
+            logger.debug("ignoring the unreadable field %r of an answer: %.60r", name, value)
+            cleaned[name] = None
+    return cleaned
+
+
 def snapshot_from_data(data: object, *, job_id: str | None = None) -> JobSnapshot:
     """Read the ``data`` of a query answer into a :class:`JobSnapshot`.
 
@@ -304,7 +338,9 @@ def snapshot_from_data(data: object, *, job_id: str | None = None) -> JobSnapsho
     Raises:
         MalformedResponseError: ``status`` is missing or not a number, or no job id is known.
     """
-    raw = _plain_query_data(data) or structure_answer(data, QueryData, what="query")
+    raw = _plain_query_data(data) or structure_answer(
+        _without_unreadable_extras(data), QueryData, what="query"
+    )
     ident = raw.id or job_id
     if not ident:
         raise MalformedResponseError("query answer names no job id", body=snippet(repr(data)))

@@ -51,6 +51,25 @@ class TestSnapshots:
         assert snap.refunded is False
         assert snap.error == "boom"
 
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"args": '{"prompt": "x"}'},
+            {"model": {"name": "wan"}},
+            {"created_at": {"t": 1}},
+            {"refunded": "yes"},
+            {"credit": "NaN"},
+            {"key_name": ["k"]},
+        ],
+    )
+    def test_an_unreadable_extra_never_fails_a_finished_job(self, extra: dict[str, Any]) -> None:
+        """Fields that only describe the job are dropped when odd; the video still counts."""
+        snap = snapshot_from_data({"id": "j", "status": 2, "result": {"url": URL}, **extra})
+        assert snap.video is not None
+        assert snap.video.url == URL
+        (name,) = extra
+        assert getattr(snap, name) is None
+
     @pytest.mark.parametrize("status", [None, "abc", True, 1.5, [2]])
     def test_bad_status_names_the_path(self, status: object) -> None:
         """A missing or unreadable status is a MalformedResponseError naming data.status."""
