@@ -78,8 +78,13 @@ def _resolve_key(api_key: str | None) -> str:
 
 def _resolve_base_url(base_url: str | None) -> str:
     url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(f"base_url is not a usable URL ({exc}): {url!r}") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {url!r}")
     if parts.query or parts.fragment:
         raise ConfigurationError(f"base_url must not carry a query or fragment, got {url!r}")

@@ -58,7 +58,7 @@ ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 def _digest(token: str) -> bytes:
     # Tokens are looked up by their hash, then compared in constant time: neither the dict
     # lookup nor the comparison leaks how much of a guessed token was right.
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class _Listener:
