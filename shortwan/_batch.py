@@ -11,6 +11,7 @@ from __future__ import annotations
 import filecmp
 import functools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import (
@@ -196,6 +197,7 @@ class Batch:
         self._slow_finish = journal is not None or download_to is not None
         self._extras: dict[int, tuple[str | None, str | None]] = {}
         self._keys_seen: dict[str, int] = {}
+        self._outputs_seen: set[Path] = set()
 
     @property
     def in_flight(self) -> list[str]:
@@ -313,19 +315,24 @@ class Batch:
         self._outstanding += 1
         return index, item
 
-    def _unpack(self, item: RequestItem) -> tuple[ImageToVideo, str | None, str | None]:
+    def _unpack(
+        self, item: RequestItem, facts: dict[str, Any]
+    ) -> tuple[ImageToVideo, str | None, str | None]:
         key = output = None
         if isinstance(item, BatchItem):
             key, output, item = item.key, item.output, item.request
         elif isinstance(item, Mapping) and ("key" in item or "output" in item):
             item = dict(item)
             key, output = item.pop("key", None), item.pop("output", None)
-            BatchItem(request=item, key=key)  # checks the key
-            if output is not None and not isinstance(output, str):
-                raise InvalidRequestError([f"output must be a file name, got {output!r}"])
+            BatchItem(request=item, key=key, output=output)  # checks the key and the output
+        facts["key"] = key  # named in the outcome even if the request turns out invalid
         request = item if isinstance(item, ImageToVideo) else request_from_args(item)
         if output is not None and self._download_to is not None:
-            self._output_path(output)  # refuse a name that leaves the folder, before paying
+            # Refused before paying: a name that leaves the folder, or one taken in this batch.
+            target = self._output_path(output)
+            if target in self._outputs_seen:
+                raise InvalidRequestError([f"output {output!r} appears twice in this batch"])
+            self._outputs_seen.add(target)
         return request, key, output
 
     def _journal_key(self, request: ImageToVideo, key: str | None) -> str:
@@ -370,11 +377,11 @@ class Batch:
 
     async def _admit_item(self, index: int, item: RequestItem, facts: dict[str, Any]) -> None:
         try:
-            request, key, output = self._unpack(item)
+            request, key, output = self._unpack(item, facts)
             if self._journal is not None:
                 key = self._journal_key(request, key)
         except ShortWanError as exc:
-            self._emit(Outcome(index=index, error=exc))
+            self._emit(Outcome(index=index, key=facts.get("key"), error=exc))
             return
         facts["request"], facts["key"] = request, key
         journal = self._journal
@@ -523,15 +530,10 @@ class Batch:
 
     def _output_path(self, output: str | None, job_id: str | None = None) -> Path:
         assert self._download_to is not None  # noqa: S101 - only called when downloading
-        folder = self._download_to
         name = output if output is not None else safe_name(job_id or "video")
-        try:
-            target = (folder / name).resolve()
-        except (ValueError, OSError) as exc:  # a NUL byte, a name too long for the system
-            problem = f"output {name!r} is not a usable file name: {exc}"
-            raise InvalidRequestError([problem]) from exc
-        if not target.is_relative_to(folder) or target == folder:
-            raise InvalidRequestError([f"output {name!r} would be written outside {str(folder)!r}"])
+        target, problem = output_target(self._download_to, name)
+        if problem is not None:
+            raise InvalidRequestError([problem])
         return target
 
     async def _replay(
@@ -605,7 +607,8 @@ class Batch:
                 functools.partial(filecmp.cmp, dest, fetched, shallow=False)
             )
         finally:
-            await anyio.to_thread.run_sync(forget_check)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(forget_check)
         if not same:
             raise DownloadError(
                 f"{str(dest)!r} exists and holds something else; move it away to download "
@@ -754,3 +757,30 @@ def _as_shortwan(exc: Exception, what: str) -> ShortWanError:
     error = ShortWanError(f"{what}: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
+
+
+# Longest file name most systems take (NAME_MAX); checked before paying, not after.
+_NAME_MAX = 255
+
+
+def output_target(folder: Path, name: str) -> tuple[Path, str | None]:
+    """Return where ``name`` lands in ``folder`` (an absolute, resolved folder) and what is wrong.
+
+    The problem is ``None`` for a usable name; otherwise it says why the video could not be saved
+    there (outside the folder, a NUL byte, a part too long, not text the file system takes), so
+    the request can be refused before it is paid for.
+    """
+    target = folder / name
+    shown = repr(name) if len(name) <= 80 else repr(name[:77]) + "…"
+    try:
+        os.fsencode(name)
+        target = target.resolve()
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL, surrogates, symlink loops
+        return target, f"output {shown} is not a usable file name: {exc}"
+    if not target.is_relative_to(folder) or target == folder:
+        return target, f"output {shown} would be written outside {str(folder)!r}"
+    longest = max(len(os.fsencode(part)) for part in target.relative_to(folder).parts)
+    # Room for the partial file's suffix (".<12 hex>.part") next to the final name.
+    if longest + 18 > _NAME_MAX:
+        return target, f"output {shown} has a name longer than this system takes"
+    return target, None

@@ -418,7 +418,9 @@ class Downloader:
                 raise broken
             await anyio.to_thread.run_sync(_sync, handle)
         finally:
-            await anyio.to_thread.run_sync(handle.close)
+            # Shielded: a cancelled caller would otherwise skip the close (and leak the file).
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(handle.close)
         written = writer.written
         if expected is not None and written != expected:
             raise _Retry(

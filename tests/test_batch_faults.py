@@ -64,6 +64,18 @@ class TestItemsThatCannotWork:
         assert fake.stats.creates_received == 1
 
     @pytest.mark.anyio
+    async def test_an_invalid_request_keeps_its_key(self) -> None:
+        items: list[Mapping[str, Any]] = [
+            {"key": "bad-one", "prompt": "x", "first_frame_image": URL, "duration": 99},
+            BatchItem(request={"prompt": "y", "duration": 99}, key="bad-two"),  # type: ignore[list-item]
+        ]
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            outcomes = await client.gather(items)
+        assert [o.key for o in outcomes] == ["bad-one", "bad-two"]
+        assert all(isinstance(o.error, InvalidRequestError) for o in outcomes)
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.anyio
     async def test_a_failing_spend_counter_is_an_outcome_not_a_hang(self) -> None:
         class Broken:
             async def reserve(self, amount: Decimal) -> bool:
@@ -90,18 +102,31 @@ class TestItemsThatCannotWork:
 
 class TestDownloadsInBatches:
     @pytest.mark.anyio
-    async def test_two_items_with_one_output_both_get_an_outcome(self, tmp_path: Path) -> None:
+    async def test_a_second_item_with_the_same_output_is_refused_before_paying(
+        self, tmp_path: Path
+    ) -> None:
         items = [BatchItem(request=req(f"same {i}"), output="same.mp4") for i in range(2)]
         async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
             with anyio.fail_after(10):
-                outcomes = await client.gather(items, download_to=tmp_path)
+                first, second = await client.gather(items, download_to=tmp_path)
             assert engine_alive(client)
-        assert len(outcomes) == 2
-        assert sorted(o.ok for o in outcomes) == [False, True]
-        loser = next(o for o in outcomes if not o.ok)
-        assert isinstance(loser.error, DownloadError)
-        assert loser.video is not None  # the paid video is not lost: its URL is in the outcome
-        assert loser.error.job_id == loser.job_id
+        assert first.ok
+        assert first.path == tmp_path / "same.mp4"
+        assert isinstance(second.error, InvalidRequestError)
+        assert "appears twice" in str(second.error)
+        assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_output_names_the_system_cannot_take_are_refused_before_paying(
+        self, tmp_path: Path
+    ) -> None:
+        names = ["x" * 300 + ".mp4", chr(0xD800) + ".mp4", "ok.mp4"]
+        items = [BatchItem(request=req(f"n {i}"), output=n) for i, n in enumerate(names)]
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            outcomes = await client.gather(items, download_to=tmp_path)
+        assert [type(o.error).__name__ for o in outcomes[:2]] == ["InvalidRequestError"] * 2
+        assert outcomes[2].ok
+        assert fake.stats.creates_received == 1
 
     @pytest.mark.anyio
     async def test_existing_file_is_claimed_only_if_it_is_the_video(self, tmp_path: Path) -> None:
