@@ -411,7 +411,7 @@ class Engine:
     def status_of(self, job_id: str) -> JobStatus:
         """Return the last status seen for ``job_id``."""
         record = self.table.get(job_id)
-        if record is None or record.raw_status < 0:
+        if record is None or not record.queries:
             return JobStatus.QUEUED
         return JobStatus.from_raw(record.raw_status)
 
@@ -425,7 +425,7 @@ class Engine:
     async def wait(self, record: JobRecord, timeout: float | None) -> Video:
         """Wait for ``record`` to end; a timeout leaves it tracked and collectable."""
         if record.state is JobState.TIMED_OUT:
-            back = state_for(record.raw_status) if record.raw_status >= 0 else JobState.QUEUED
+            back = state_for(record.raw_status) if record.queries else JobState.QUEUED
             self.table.resume(record, back)
         try:
             with anyio.fail_after(timeout):
@@ -439,7 +439,7 @@ class Engine:
         """Mark a wait on ``record`` as timed out locally and return the error that says so."""
         self.table.transition(record, JobState.TIMED_OUT)
         last = (
-            JobStatus.from_raw(record.raw_status).name.lower() if record.raw_status >= 0 else None
+            JobStatus.from_raw(record.raw_status).name.lower() if record.queries else None
         )
         return JobTimeoutError(
             f"job {record.id} did not finish within {timeout} s (last status: "
