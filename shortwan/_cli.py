@@ -5,8 +5,11 @@ Needs the ``cli`` extra (click and rich): ``pip install 'shortwan[cli]'``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
@@ -17,15 +20,18 @@ import anyio
 import attrs
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ._cli_batch import (
+    DEMO_MARKER,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     JOURNAL_NAME,
-    RESULTS_NAME,
+    RESERVED_NAMES,
     BatchOptions,
     dry_run,
     run_batch,
@@ -40,9 +46,12 @@ from .testing._process import FAULT_LEVELS, serve_forever
 __all__ = ["main"]
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Text from the service, the files and the user is never markup or an :emoji: code: every such
+# piece is printed with markup=False, escaped, or as rich.text.Text.
+console = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 
 def _run(func: Callable[[], Awaitable[_T]]) -> _T:
@@ -53,7 +62,7 @@ def _run(func: Callable[[], Awaitable[_T]]) -> _T:
         err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_USAGE)
     except InvalidRequestError as exc:
-        err.print(f"invalid request: {exc}", markup=False)
+        err.print(str(exc), markup=False)  # "invalid request: …"
         sys.exit(EXIT_USAGE)
     except ShortWanError as exc:
         err.print(f"error: {type(exc).__name__}: {exc}", markup=False)
@@ -78,6 +87,26 @@ def _amount(value: str | None) -> Decimal | None:
     if not amount.is_finite() or amount < 0:
         raise click.BadParameter(f"must be an amount >= 0: {value!r}")
     return amount
+
+
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float | None:
+    """Check a --timeout before anything is opened or sent; 'inf' means no limit (None)."""
+    if value == math.inf:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"must be a number of seconds > 0, or 'inf' (got {value!r})")
+    return value
+
+
+def _timeout_option(what: str) -> Callable[[_F], _F]:
+    return click.option(
+        "--timeout",
+        type=float,
+        default=900,
+        show_default=True,
+        callback=_seconds,
+        help=f"Seconds to wait {what} (> 0; 'inf' waits without limit).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,7 +159,7 @@ def main(
 @click.option("--audio-url", help="WAV or MP3 URL to drive the video.")
 @click.option("--prompt-extend/--no-prompt-extend", default=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File or folder.")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait.")
+@_timeout_option("for the video")
 @click.pass_context
 def generate(
     ctx: click.Context,
@@ -144,29 +173,33 @@ def generate(
     audio_url: str | None,
     prompt_extend: bool,
     output: Path | None,
-    timeout: float,
+    timeout: float | None,
 ) -> None:
     """Make one video from IMAGE (a local file or a URL) and download it."""
-    request = ImageToVideo.from_files(
-        first_frame_image=image,
-        last_frame_image=last_frame,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        duration=duration,
-        resolution=resolution,
-        driving_audio_url=audio_url,
-        prompt_extend=prompt_extend,
-    )
+    try:
+        request = ImageToVideo.from_files(
+            first_frame_image=image,
+            last_frame_image=last_frame,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            duration=duration,
+            resolution=resolution,
+            driving_audio_url=audio_url,
+            prompt_extend=prompt_extend,
+        )
+    except InvalidRequestError as exc:
+        err.print(f"{exc}\nNothing was sent.", markup=False)
+        sys.exit(EXIT_USAGE)
 
     async def go() -> None:
         async with _client(ctx) as client:
             with err.status("submitting…"):
                 job = await client.submit(request)
-            console.print(f"job {job.id} created, charged ${job.amount}")
-            with err.status(f"waiting for job {job.id}…"):
+            console.print(f"job {job.id} created, charged ${job.amount}", markup=False)
+            with err.status(f"waiting for job {escape(job.id)}…"):
                 video = await job.result(timeout=timeout)
                 path = await client.download(video, output or Path.cwd())
-            console.print(f"saved {path}")
+            console.print(f"saved {path}", markup=False)
 
     _run(go)
 
@@ -189,7 +222,7 @@ def generate(
     help="Resend requests an earlier run may have sent without learning the outcome "
     "(they may be paid twice).",
 )
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per job.")
+@_timeout_option("for each job")
 @click.pass_context
 def batch(
     ctx: click.Context,
@@ -200,16 +233,21 @@ def batch(
     max_spend: str | None,
     dry_run: bool,
     retry_uncertain: bool,
-    timeout: float,
+    timeout: float | None,
 ) -> None:
     """Make a video for every line of FILE (JSONL: model arguments plus optional key, output).
 
     Rerunning the same command resumes: finished lines are not sent again, jobs in flight are
-    collected by id. Exit codes: 0 all succeeded, 1 some failed, 2 usage error, 3 spend cap
-    reached, 130 interrupted.
+    collected by id. FILE must be a regular file (it is read twice: checked, then sent). Exit
+    codes: 0 all succeeded, 1 some failed or were not handled, 2 usage error, 3 spend cap reached,
+    130 interrupted.
     """
+    _check_batch_paths(file, out)
     if dry_run:
-        sys.exit(_dry(file))
+        sys.exit(_dry(file, out))
+    # The folder now holds real jobs: a later demo must not start it over.
+    with contextlib.suppress(OSError):  # no folder yet, or one the batch will fail to use anyway
+        (out / DEMO_MARKER).unlink(missing_ok=True)
     options = BatchOptions(
         source=file,
         out=out,
@@ -233,21 +271,40 @@ def batch(
     sys.exit(_run(go))
 
 
-def _dry(file: Path) -> int:
-    return dry_run(file, console, err)
+def _check_batch_paths(file: Path, out: Path) -> None:
+    """Refuse an input the batch cannot read twice or would overwrite, before anything is sent."""
+    if not stat.S_ISREG(file.stat().st_mode):
+        raise click.BadParameter(
+            f"{str(file)!r} is not a regular file (a pipe or a device?): the batch reads it twice "
+            "(to check it, then to send it), so save it to a file first",
+            param_hint="'FILE'",
+        )
+    source, folder = file.resolve(), out.resolve()
+    if source.parent == folder and source.name.casefold() in {n.casefold() for n in RESERVED_NAMES}:
+        raise click.BadParameter(
+            f"{str(file)!r} is a file the batch itself writes in {str(out)!r}; use another "
+            "input file or --out folder",
+            param_hint="'FILE'",
+        )
+
+
+def _dry(file: Path, out: Path) -> int:
+    return dry_run(file, out, console, err)
 
 
 def _snapshot_table(snapshot: JobSnapshot) -> Table:
-    table = Table(show_header=False, title=f"job {snapshot.id}", title_justify="left")
+    # Everything here comes from the service: Text, never markup.
+    title = Text(f"job {snapshot.id}")
+    table = Table(show_header=False, title=title, title_justify="left")
     table.add_column("field")
     table.add_column("value")
-    table.add_row("status", f"{snapshot.status.name.lower()} ({snapshot.raw_status})")
+    table.add_row("status", Text(f"{snapshot.status.name.lower()} ({snapshot.raw_status})"))
     for name in ("credit", "error", "refunded", "created_at", "finished_at"):
         value = getattr(snapshot, name, None)
         if value is not None:
-            table.add_row(name.replace("_", " "), str(value))
+            table.add_row(name.replace("_", " "), Text(str(value)))
     for url in snapshot.urls:
-        table.add_row("url", url)
+        table.add_row("url", Text(url))
     return table
 
 
@@ -273,16 +330,16 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait.")
+@_timeout_option("for the job")
 @click.pass_context
-def wait(ctx: click.Context, job_id: str, timeout: float) -> None:
+def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     """Wait for JOB_ID to end and print its video URL."""
 
     async def go() -> None:
         async with _client(ctx) as client:
-            with err.status(f"waiting for job {job_id}…"):
+            with err.status(f"waiting for job {escape(job_id)}…"):
                 video = await client.attach(job_id).result(timeout=timeout)
-        console.print(video.url)
+        console.print(video.url, markup=False, soft_wrap=True)
 
     _run(go)
 
@@ -290,20 +347,20 @@ def wait(ctx: click.Context, job_id: str, timeout: float) -> None:
 @main.command()
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File or folder.")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds to wait.")
+@_timeout_option("for the job")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 @click.pass_context
 def download(
-    ctx: click.Context, job_id: str, output: Path | None, timeout: float, overwrite: bool
+    ctx: click.Context, job_id: str, output: Path | None, timeout: float | None, overwrite: bool
 ) -> None:
     """Download the video of JOB_ID (waiting for it to finish first)."""
 
     async def go() -> None:
         async with _client(ctx) as client:
-            with err.status(f"downloading job {job_id}…"):
+            with err.status(f"downloading job {escape(job_id)}…"):
                 video = await client.attach(job_id).result(timeout=timeout)
                 path = await client.download(video, output or Path.cwd(), overwrite=overwrite)
-        console.print(f"saved {path}")
+        console.print(f"saved {path}", markup=False)
 
     _run(go)
 
@@ -321,10 +378,11 @@ def fake_server(
     """Run a local fake of the service (no key, no network) until Ctrl-C."""
 
     def ready(url: str, key: str) -> None:
-        console.print(f"FakeShortAPI at {url} (faults: {faults}, speed ×{speed})")
+        console.print(f"FakeShortAPI at {url} (faults: {faults}, speed ×{speed})", markup=False)
         console.print(
             f"export SHORTWAN_BASE_URL={url} SHORTAPI_KEY={key} SHORTWAN_POLL=fast",
             soft_wrap=True,
+            markup=False,
         )
 
     try:
@@ -374,6 +432,12 @@ def write_demo_batch(folder: Path) -> Path:
     return path
 
 
+# What a demo run leaves that the next one deletes (the journal's lock file is left alone).
+_DEMO_STATE: Final = tuple(
+    name for name in RESERVED_NAMES if name not in (DEMO_MARKER, JOURNAL_NAME + ".lock")
+)
+
+
 @main.command()
 @click.option(
     "-o",
@@ -383,12 +447,28 @@ def write_demo_batch(folder: Path) -> Path:
     show_default=True,
 )
 def demo(out: Path) -> None:
-    """Make six real videos from bundled images against a local fake: no key, no network."""
+    """Make six real videos from bundled images against a local fake: no key, no network.
+
+    A folder holding the journal or results of a batch that is not a demo is refused (exit 2):
+    that journal may be the only record of paid jobs still running.
+    """
     from .testing import FakeShortAPI  # noqa: PLC0415 - the demo only
 
+    # A demo starts over (its fake server forgot its jobs when it stopped), but only in a folder
+    # a demo made: elsewhere the journal may be the only record of paid jobs still running.
+    state = [name for name in _DEMO_STATE if (out / name).exists()]
+    if state and not (out / DEMO_MARKER).is_file():
+        err.print(
+            f"{out} holds {', '.join(state)} of a batch that is not a demo run (its journal may "
+            "list paid jobs still running); choose another folder with -o",
+            markup=False,
+        )
+        sys.exit(EXIT_USAGE)
     out.mkdir(parents=True, exist_ok=True)
-    # A demo starts over: its fake server forgets its jobs when it stops.
-    for name in (JOURNAL_NAME, JOURNAL_NAME + "-wal", JOURNAL_NAME + "-shm", RESULTS_NAME):
+    (out / DEMO_MARKER).write_text(
+        "Made by `shortwan demo`: a later demo starts this folder over.\n", encoding="utf-8"
+    )
+    for name in state:
         (out / name).unlink(missing_ok=True)
     source = write_demo_batch(out)
 
@@ -408,7 +488,7 @@ def demo(out: Path) -> None:
 
     code = _run(go)
     if code == EXIT_OK:
-        console.print(f"Done: play the MP4 files in {out.resolve()}")
+        console.print(f"Done: play the MP4 files in {out.resolve()}", markup=False)
     sys.exit(code)
 
 

@@ -7,15 +7,17 @@ needs the ``cli`` extra (rich); nothing here is imported by the library itself.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
+import re
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import anyio
 import attrs
@@ -29,7 +31,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
+from ._batch import output_target
 from ._client import AsyncShortWan
 from ._config import DEFAULT_POLL, PollPolicy
 from ._errors import (
@@ -48,13 +52,18 @@ from ._table import JobState
 from .journal import Journal
 
 __all__ = [
+    "DEMO_MARKER",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SPEND_CAP",
     "EXIT_USAGE",
+    "RESERVED_NAMES",
     "BatchOptions",
     "Line",
+    "check_file",
+    "checked_lines",
+    "dry_run",
     "read_lines",
     "run_batch",
 ]
@@ -72,16 +81,43 @@ EXIT_INTERRUPTED: Final = 130
 
 JOURNAL_NAME: Final = "journal.sqlite"
 RESULTS_NAME: Final = "results.jsonl"
+DEMO_MARKER: Final = ".shortwan-demo"
+"""Marks a folder the demo made, so a later demo may start it over (and nothing else may be)."""
+RESERVED_NAMES: Final = (
+    RESULTS_NAME,
+    JOURNAL_NAME,
+    *(JOURNAL_NAME + suffix for suffix in ("-wal", "-shm", "-journal", ".lock")),
+    DEMO_MARKER,
+)
+"""Files the batch itself keeps in its folder: no line's output may take one of these names."""
 _IMAGE_FIELDS: Final = ("first_frame_image", "last_frame_image")
 
 
 @attrs.frozen
 class Line:
-    """One line of the input: a request ready to send, or why it cannot be."""
+    """One line of the input: a request ready to send, or why it cannot be.
+
+    ``key`` and ``output`` are the line's own, kept even when the line is invalid so that its row
+    in ``results.jsonl`` names it and no other line can take them.
+    """
 
     number: int
     item: BatchItem | None
     problem: str | None = None
+    key: str | None = None
+    output: str | None = None
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "…"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        return False
+    return True
 
 
 def _parse(number: int, text: str, base: Path) -> Line:
@@ -89,6 +125,10 @@ def _parse(number: int, text: str, base: Path) -> Line:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Line(number, None, f"not JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return Line(number, None, "not usable JSON: nested too deeply")
+    except ValueError as exc:  # an integer of more digits than Python converts
+        return Line(number, None, f"not usable JSON: {str(exc).split(';')[0]}")
     if not isinstance(data, dict):
         return Line(number, None, f"a line must be a JSON object, got {type(data).__name__}")
     args: dict[str, Any] = dict(data)
@@ -96,8 +136,16 @@ def _parse(number: int, text: str, base: Path) -> Line:
     problems: list[str] = []
     if key is not None and not isinstance(key, str):
         problems.append(f"key must be a string, got {key!r}")
-    if output is not None and (not isinstance(output, str) or not output):
-        problems.append(f"output must be a file name, got {output!r}")
+        key = None
+    elif key is not None and not _encodable(key):
+        # The journal (SQLite) cannot store it: refused here rather than at send time.
+        problems.append(f"key {_shown(key)} is not valid Unicode text (a lone surrogate)")
+        key = None
+    if output is not None and (
+        not isinstance(output, str) or not output.strip() or "\x00" in output
+    ):
+        problems.append(f"output must be a file name without NUL bytes, got {output!r}")
+        output = None
     for name in _IMAGE_FIELDS:
         value = args.get(name)
         if isinstance(value, str) and not value.startswith(("http://", "https://", "data:")):
@@ -107,26 +155,94 @@ def _parse(number: int, text: str, base: Path) -> Line:
                 problems.append(problem)
             args[name] = value
     if problems:
-        return Line(number, None, "; ".join(problems))
+        return Line(number, None, "; ".join(problems), key, output)
     try:
         request = ImageToVideo(**args)
     except InvalidRequestError as exc:
-        return Line(number, None, "; ".join(exc.problems))
+        return Line(number, None, "; ".join(exc.problems), key, output)
     except TypeError as exc:
-        return Line(number, None, str(exc).replace("__init__() ", ""))
+        # "ImageToVideo.__init__() got an unexpected keyword argument 'x'" → "got an …"
+        return Line(number, None, re.sub(r"^\S*__init__\(\) ", "", str(exc)), key, output)
     try:
-        return Line(number, BatchItem(request=request, key=key, output=output))
+        return Line(number, BatchItem(request=request, key=key, output=output), None, key, output)
     except InvalidRequestError as exc:
-        return Line(number, None, "; ".join(exc.problems))
+        return Line(number, None, "; ".join(exc.problems), key, output)
 
 
-def read_lines(path: Path) -> Iterator[Line]:
-    """Yield every non-blank line of a JSONL file, parsed and checked (local images included)."""
+def read_lines(path: Path) -> Generator[Line, None, None]:
+    """Yield every non-blank line of a JSONL file, parsed and checked (local images included).
+
+    Each line is decoded on its own, so one that is not UTF-8 is reported and the others still
+    count; a UTF-8 byte order mark at the start of the file is accepted.
+    """
     base = path.parent
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            data = (
+                raw[len(codecs.BOM_UTF8) :]
+                if number == 1 and raw.startswith(codecs.BOM_UTF8)
+                else raw
+            )
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8 text: byte {data[exc.start]:#04x} at byte {exc.start + 1}"
+                yield Line(number, None, problem)
+                continue
+            if not text.strip():
+                continue
+            try:
                 yield _parse(number, text, base)
+            except Exception as exc:  # one odd line is that line's problem, never the batch's
+                yield Line(number, None, f"could not be read: {type(exc).__name__}: {exc}")
+
+
+class _Checker:
+    """Checks across lines: unique keys, unique outputs, outputs that fit the folder."""
+
+    def __init__(self, source: Path, out: Path) -> None:
+        self.folder = out.resolve()
+        self.reserved = {name.casefold() for name in RESERVED_NAMES}
+        source = source.resolve()
+        if source.is_relative_to(self.folder) and source != self.folder:
+            # The input file itself, when it lives in the folder, must not be overwritten.
+            self.reserved.add(source.relative_to(self.folder).parts[0].casefold())
+        self.keys: dict[str, int] = {}
+        self.targets: dict[Path, int] = {}
+
+    def check(self, line: Line) -> Line:
+        """Return ``line``, made invalid if an earlier line or the folder rules it out."""
+        problems = [] if line.problem is None else [line.problem]
+        if line.key is not None:
+            first = self.keys.setdefault(line.key, line.number)
+            if first != line.number:
+                problems.append(f"key {_shown(line.key)} is also the key of line {first}")
+        if line.output is not None:
+            target, problem = output_target(self.folder, line.output)
+            if problem is None:
+                top = target.relative_to(self.folder).parts[0]
+                if top.casefold() in self.reserved:
+                    problem = (
+                        f"output {_shown(line.output)} would overwrite {top!r}, which the batch "
+                        "keeps in its folder"
+                    )
+            if problem is None:
+                first = self.targets.setdefault(target, line.number)
+                if first != line.number:
+                    problem = f"output {_shown(line.output)} is also the output of line {first}"
+            if problem is not None:
+                problems.append(problem)
+        if len(problems) == (0 if line.problem is None else 1):
+            return line
+        return Line(line.number, None, "; ".join(problems), line.key, line.output)
+
+
+def checked_lines(source: Path, out: Path) -> Generator[Line, None, None]:
+    """Yield :func:`read_lines`, with the checks across lines for a batch into ``out`` added."""
+    checker = _Checker(source, out)
+    with contextlib.closing(read_lines(source)) as lines:
+        for line in lines:
+            yield checker.check(line)
 
 
 @attrs.frozen(kw_only=True)
@@ -173,11 +289,12 @@ def _status(outcome: Outcome) -> str:
     return "not_created" if outcome.job_id is None else "error"
 
 
-def _result_row(line: int, outcome: Outcome) -> dict[str, Any]:
+def _result_row(line: int, key: str | None, outcome: Outcome) -> dict[str, Any]:
     error = outcome.error
     return {
         "line": line,
-        "key": outcome.key,
+        # A line refused before it was sent has no key on its outcome; the line still has it.
+        "key": outcome.key if outcome.key is not None else key,
         "job_id": outcome.job_id,
         "status": _status(outcome),
         "amount": None if outcome.amount is None else str(outcome.amount),
@@ -189,10 +306,14 @@ def _result_row(line: int, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def check_file(source: Path) -> tuple[int, Decimal, list[Line]]:
-    """Read the whole file: return the count of valid lines, their cost, and the invalid ones."""
+def check_file(source: Path, out: Path) -> tuple[int, Decimal, list[Line]]:
+    """Read the whole file: return the count of valid lines, their cost, and the invalid ones.
+
+    Besides each line's own checks, keys and outputs must be unique, and every output must be a
+    usable name inside ``out`` that is not one of the batch's own files.
+    """
     count, cost, bad = 0, Decimal(0), []
-    for line in read_lines(source):
+    for line in checked_lines(source, out):
         if line.item is None:
             bad.append(line)
             continue
@@ -225,14 +346,16 @@ class _Stopper:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.admitting = True
         self.scope: anyio.CancelScope | None = None
         self.presses = 0
+
+    def admitting(self) -> bool:
+        """Return whether new requests may still be sent (no Ctrl-C yet)."""
+        return self.presses == 0
 
     def press(self) -> None:
         self.presses += 1
         if self.presses == 1:
-            self.admitting = False
             self.console.print(
                 "[yellow]Ctrl-C: no new requests are sent; waiting for jobs in flight. "
                 "Press Ctrl-C again to stop now (rerun the same command to resume).[/]"
@@ -250,9 +373,9 @@ async def run_batch(
     err: Console,
 ) -> int:
     """Run a JSONL batch to its end (or Ctrl-C) and return the process exit code."""
-    count, cost, bad = await anyio.to_thread.run_sync(check_file, options.source)
+    count, cost, bad = await anyio.to_thread.run_sync(check_file, options.source, options.out)
     for line in bad:
-        err.print(f"line {line.number}: {line.problem}", highlight=False, markup=False)
+        _print_problem(err, line)
     err.print(
         f"{count} requests (estimated ${cost:.3f}), {len(bad)} invalid lines skipped; "
         f"videos and results go to {options.out}",
@@ -261,19 +384,38 @@ async def run_batch(
     )
     out = options.out
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-    lines: list[int] = []  # input position of each request fed → its line number
+    lines: list[tuple[int, str | None]] = []  # each request fed, in order → (line number, key)
+    reported = {line.number for line in bad}
     tally = _Tally(total=count + len(bad))
     stopper = _Stopper(err)
 
-    async def feed() -> AsyncIterator[BatchItem]:
-        iterator = read_lines(options.source)
-        sentinel = Line(0, None)
-        while stopper.admitting:
-            line = await anyio.to_thread.run_sync(next, iterator, sentinel)
-            if line is sentinel:
-                return
-            if line.item is not None:
-                lines.append(line.number)
+    def refuse(line: Line, results: TextIO) -> None:
+        error = InvalidRequestError([line.problem or "invalid"])
+        row = _result_row(line.number, line.key, Outcome(index=-1, error=error))
+        results.write(json.dumps(row) + "\n")
+        tally.done += 1
+        tally.failed["invalid"] += 1
+
+    async def feed(results: TextIO) -> AsyncIterator[BatchItem]:
+        # The file is read again, one line at a time, so encoded images are never all held in
+        # memory; each line is checked again in case the file changed since.
+        with contextlib.closing(checked_lines(options.source, out)) as iterator:
+            sentinel = Line(0, None)
+            while stopper.admitting():
+                line = await anyio.to_thread.run_sync(next, iterator, sentinel)
+                if line is sentinel:
+                    return
+                if line.number in reported:
+                    continue
+                if line.item is None:  # the file changed since it was checked
+                    _print_problem(err, line)
+                    refuse(line, results)
+                    continue
+                if not stopper.admitting():
+                    # Ctrl-C came while the line was read (a local image takes a while): no new
+                    # request is sent, as promised.
+                    return
+                lines.append((line.number, line.item.key))
                 yield line.item
 
     client = AsyncShortWan(api_key, base_url=base_url, poll=options.poll)
@@ -319,23 +461,19 @@ async def run_batch(
         ):
             stopper.scope = scope
             for line in bad:
-                error = InvalidRequestError([line.problem or "invalid"])
-                row = _result_row(line.number, Outcome(index=-1, error=error))
-                results.write(json.dumps(row) + "\n")
-                tally.done += 1
-                tally.failed["invalid"] += 1
-            async with journal, client:
-                earlier = await journal.spent()
-                outcomes = client.generate_many(
-                    feed(),
-                    concurrency=options.concurrency,
-                    max_spend=options.max_spend,
-                    timeout=options.timeout,
-                    journal=journal,
-                    resubmit_uncertain=options.retry_uncertain,
-                    download_to=out,
-                )
-                try:
+                refuse(line, results)
+            try:
+                async with journal, client:
+                    earlier = await journal.spent()
+                    outcomes = client.generate_many(
+                        feed(results),
+                        concurrency=options.concurrency,
+                        max_spend=options.max_spend,
+                        timeout=options.timeout,
+                        journal=journal,
+                        resubmit_uncertain=options.retry_uncertain,
+                        download_to=out,
+                    )
                     async with contextlib.aclosing(outcomes), anyio.create_task_group() as tg:
 
                         async def tick() -> None:
@@ -346,31 +484,48 @@ async def run_batch(
                         tg.start_soon(tick)
                         async for outcome in outcomes:
                             _count(tally, outcome)
-                            row = _result_row(lines[outcome.index], outcome)
+                            row = _result_row(*lines[outcome.index], outcome)
                             results.write(json.dumps(row) + "\n")
                             results.flush()
                         refresh()
                         tg.cancel_scope.cancel()
-                finally:
-                    tally.spent = client.jobs.spent
-                    pending = [record.id for record in client.jobs.pending()]
-        if scope.cancelled_caught or not stopper.admitting:
+            finally:
+                # Read once the client has closed: creates under way at a second Ctrl-C land in
+                # its table while it closes, and they are paid for.
+                tally.spent = client.jobs.spent
+                pending = [record.id for record in client.jobs.pending()]
+        if scope.cancelled_caught or not stopper.admitting():
             tally.interrupted = True
     if tally.interrupted:
         left = tally.total - tally.done
+        shown = ", ".join(pending[:5]) + (" …" if len(pending) > 5 else "")
+        flight = f"jobs in flight stay in the journal ({shown})" if pending else "no job in flight"
         err.print(
-            f"[yellow]Stopped: {left} requests not finished; jobs in flight stay in the journal "
-            f"({', '.join(pending[:5])}{' …' if len(pending) > 5 else ''}). Run the same command "
-            "again to resume.[/]"
+            f"Stopped: {left} requests not finished; {flight}. Run the same command again to "
+            "resume.",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    elif tally.done < tally.total:
+        err.print(
+            f"{tally.total - tally.done} requests were not handled; see {results_path}.",
+            style="yellow",
+            markup=False,
+            highlight=False,
         )
     console.print(_summary(tally, earlier, out))
     if tally.interrupted:
         return EXIT_INTERRUPTED
     if tally.spend_capped:
         return EXIT_SPEND_CAP
-    if tally.failed:
+    if tally.failed or tally.done < tally.total:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _print_problem(err: Console, line: Line) -> None:
+    err.print(f"line {line.number}: {line.problem}", highlight=False, markup=False)
 
 
 def _count(tally: _Tally, outcome: Outcome) -> None:
@@ -398,15 +553,19 @@ def _summary(tally: _Tally, earlier: Decimal, out: Path) -> Table:
     table.add_row("not reached", str(tally.total - tally.done))
     table.add_row("spent this run", f"${tally.spent:.3f}")
     table.add_row("spent in all runs", f"${earlier + tally.spent:.3f}")
-    table.add_row("videos and results", str(out))
+    table.add_row("videos and results", Text(str(out)))
     return table
 
 
-def dry_run(source: Path, console: Console, err: Console) -> int:
-    """Check every line without sending anything; print the count and estimated cost."""
-    count, cost, bad = check_file(source)
+def dry_run(source: Path, out: Path, console: Console, err: Console) -> int:
+    """Check every line without sending anything; print the count and estimated cost.
+
+    The checks are the ones a real run into ``out`` makes before sending: each line's own, plus
+    unique keys and outputs, and outputs that fit in ``out`` without taking the batch's files.
+    """
+    count, cost, bad = check_file(source, out)
     for line in bad:
-        err.print(f"line {line.number}: {line.problem}", highlight=False, markup=False)
+        _print_problem(err, line)
     console.print(
         f"{count} valid requests, {len(bad)} invalid; estimated cost ${cost:.3f} "
         f"(at $0.085 per second of video). Nothing was sent.",

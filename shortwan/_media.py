@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Final
@@ -30,8 +31,9 @@ def image_input(source: str | os.PathLike[str] | bytes, *, name: str = "image") 
     """Check a local image against the service's rules and return it as a data URI.
 
     The rules: JPEG, PNG without transparency, BMP or WEBP; each side 240 to 8000 pixels; aspect
-    ratio between 1:8 and 8:1; at most 20 MB. Reading the file blocks: in async code call this
-    through ``anyio.to_thread.run_sync``.
+    ratio between 1:8 and 8:1; at most 20 MB. A path must name a regular file (not a device or a
+    pipe), and every pixel must decode. Reading the file blocks: in async code call this through
+    ``anyio.to_thread.run_sync``.
 
     Args:
         source: a path, or the image's bytes.
@@ -42,7 +44,8 @@ def image_input(source: str | os.PathLike[str] | bytes, *, name: str = "image") 
         ``last_frame_image``.
 
     Raises:
-        InvalidRequestError: the image breaks a rule, cannot be read, or Pillow is not installed.
+        InvalidRequestError: the image breaks a rule, cannot be read or decoded, or Pillow is not
+            installed.
     """
     if isinstance(source, str) and source.startswith(_REMOTE_PREFIXES):
         raise InvalidRequestError([f"{name}: image_input takes a local file, not a URL"])
@@ -67,18 +70,49 @@ def image_input_or_problem(
     if isinstance(source, bytes):
         data = source
     else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-            if size > MAX_IMAGE_BYTES:
-                return None, _too_big(name, size)
-            data = path.read_bytes()
-        except OSError as exc:
-            return None, f"{name}: cannot read {str(path)!r}: {exc.strerror or exc}"
+        data, problem = _read_image_file(source, name)
+        if problem is not None:
+            return None, problem
     media_type, problem = _check_image(data, name)
     if problem is not None or media_type is None:
         return None, problem
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", None
+
+
+def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, str | None]:
+    """Read a regular file of at most the size limit: ``(data, None)`` or ``(b"", problem)``."""
+    path = Path(source)
+    shown = _shown(path)
+    try:
+        # Refused before opening: a device or a FIFO may block on open or never end.
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            return b"", f"{name}: {shown} is a folder, not an image file"
+        if not stat.S_ISREG(mode):
+            return b"", f"{name}: {shown} is not a regular file (a device, pipe or socket)"
+        # Non-blocking, so a FIFO swapped in since the check cannot hang the open.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        fd = os.open(path, flags | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return b"", f"{name}: {shown} is not a regular file (it changed while read)"
+            if info.st_size > MAX_IMAGE_BYTES:
+                return b"", _too_big(name, info.st_size)
+            # One byte past the limit tells a file that grew since its size was read.
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+    except OSError as exc:
+        return b"", f"{name}: cannot read {shown}: {exc.strerror or exc}"
+    except ValueError as exc:  # a NUL byte, or text the file system cannot take (surrogates)
+        return b"", f"{name}: {shown} is not a usable path: {exc}"
+    if len(data) > MAX_IMAGE_BYTES:
+        return b"", f"{name}: image is over {MAX_IMAGE_BYTES:,} bytes, the limit"
+    return data, None
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return repr(text) if len(text) <= 200 else repr(text[:197]) + "…"
 
 
 def _too_big(name: str, size: int) -> str:
@@ -116,10 +150,18 @@ def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
                         )
                 if max(width, height) > MAX_ASPECT * min(width, height):
                     return None, (f"{name}: aspect ratio {width}:{height} is outside 1:8 to 8:1")
+                # Every pixel is decoded, so a damaged or cut-off file is refused before it is
+                # paid for, not by the service after.
+                image.load()
                 if fmt == "PNG" and _has_transparency(image):
                     return None, f"{name}: PNG images must not have transparent pixels"
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return None, f"{name}: not a readable image ({exc})"
+    except UnidentifiedImageError:
+        return None, f"{name}: not a readable image (not a format Pillow knows)"
+    except Exception as exc:
+        # Pillow's decoders raise many kinds on damaged data (SyntaxError, EOFError, struct.error,
+        # IndexError, OSError, ValueError, …): all mean the same thing here.
+        reason = str(exc) or type(exc).__name__
+        return None, f"{name}: not a readable image (damaged or cut off: {reason})"
     return _MEDIA_TYPES[fmt], None
 
 

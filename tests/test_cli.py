@@ -16,7 +16,7 @@ import av
 import pytest
 from PIL import ImageChops, ImageStat
 
-from shortwan.testing import FakeProcess, fake_process
+from shortwan.testing import FakeProcess, Fault, fake_process
 from shortwan.testing._render import sample_images
 
 SCRIPT = shutil.which("shortwan") or ""
@@ -278,3 +278,230 @@ class TestDemo:
             firsts.add(frames[0].tobytes())
         assert len(firsts) == 6
         assert len(results(out)) == 6
+
+
+def big_png(path: Path, side: int = 7000) -> Path:
+    """An opaque PNG that takes a good part of a second to check (every pixel is decoded)."""
+    from PIL import Image
+
+    Image.new("RGBA", (side, side), (9, 9, 9, 255)).save(path, "PNG", compress_level=1)
+    return path
+
+
+def damaged_png(path: Path) -> Path:
+    """An opaque RGBA PNG whose IDAT length is off: Pillow raises SyntaxError reading it."""
+    from PIL import Image
+
+    Image.new("RGBA", (320, 240), (10, 20, 30, 255)).save(path, "PNG")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"IDAT") - 4
+    data[at : at + 4] = (int.from_bytes(data[at : at + 4], "big") - 9).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("batch", "IN", "-o", "OUT", "--timeout", "nan"),
+            ("batch", "IN", "-o", "OUT", "--timeout", "0"),
+            ("batch", "IN", "-o", "OUT", "--timeout", "-5"),
+            ("batch", "IN", "-o", "OUT", "--timeout", "-inf"),
+            ("wait", "ffffffffffffffffffffffff", "--timeout", "nan"),
+            ("download", "ffffffffffffffffffffffff", "--timeout", "0"),
+            ("generate", "https://example.com/a.png", "--timeout", "-1"),
+        ],
+    )
+    def test_bad_timeouts_are_usage_errors(
+        self, tmp_path: Path, fake: FakeProcess, args: tuple[str, ...]
+    ) -> None:
+        """nan, 0 and negative timeouts exit 2 before any file is opened or request sent."""
+        source = write_jsonl(tmp_path / "in.jsonl", requests(2, "timeout"))
+        out = tmp_path / "out"
+        before = fake.stats()["creates_received"]
+        argv = [str(source) if a == "IN" else str(out) if a == "OUT" else a for a in args]
+        done = shortwan(*argv, fake=fake)
+        assert done.returncode == 2, done.stderr
+        assert "--timeout" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not out.exists()
+        assert fake.stats()["creates_received"] == before
+
+    def test_inf_timeout_means_no_limit(self, fake: FakeProcess) -> None:
+        """--timeout inf waits without a limit (here: until the job succeeds)."""
+        (job_id,) = fake.add_jobs(1, prefix="inf")
+        done = shortwan("wait", job_id, "--timeout", "inf", fake=fake)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().startswith("http://127.0.0.1")
+
+    def test_generate_bad_input_is_a_usage_error(self, tmp_path: Path, fake: FakeProcess) -> None:
+        """A missing image and a too-long prompt: both named, exit 2, no traceback, none sent."""
+        before = fake.stats()["creates_received"]
+        missing = str(tmp_path / "missing.png")
+        done = shortwan("generate", missing, "-p", "x" * 6000, fake=fake)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "missing.png" in done.stderr
+        assert "prompt is 6000 characters" in done.stderr
+        assert fake.stats()["creates_received"] == before
+
+    def test_non_regular_input_file_refused(self, tmp_path: Path, fake: FakeProcess) -> None:
+        """A FIFO as FILE (like <(cat x.jsonl), empty when read again) exits 2, unread."""
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        fifo = tmp_path / "in.jsonl"
+        os.mkfifo(fifo)
+        out = tmp_path / "out"
+        for extra in ((), ("--dry-run",)):
+            done = shortwan("batch", str(fifo), "-o", str(out), *extra, fake=fake, timeout=20)
+            assert done.returncode == 2, done.stderr
+            assert "not a regular file" in done.stderr
+        assert not out.exists()
+
+    def test_odd_lines_are_problems_of_their_own_line(self, tmp_path: Path) -> None:
+        """Each odd line (bytes, nesting, digits, paths, image) is its own numbered problem."""
+        good = json.dumps(requests(1)[0]).encode()
+        image_line = '{{"prompt": "x", "first_frame_image": "{}"}}'.format
+        broken = damaged_png(tmp_path / "broken.png")
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(
+            b"\n".join(
+                [
+                    b"\xef\xbb\xbf" + good,  # 1: BOM, fine
+                    b'{"prompt": "bad \xff byte"}',  # 2: not UTF-8
+                    b'{"duration": ' + b"9" * 5000 + b"}",  # 3: too many digits
+                    b"[" * 100_000,  # 4: nested too deeply
+                    image_line("img\\u0000.png").encode(),  # 5: NUL in the path
+                    image_line("img\\ud800.png").encode(),  # 6: lone surrogate in the path
+                    image_line("/dev/null").encode(),  # 7: a device
+                    image_line(broken.name).encode(),  # 8: Pillow raises SyntaxError
+                    good,  # 9: fine
+                ]
+            )
+            + b"\n"
+        )
+        done = shortwan("batch", str(source), "-o", str(tmp_path / "o"), "--dry-run")
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "2 valid requests, 7 invalid" in done.stdout
+        for number in range(2, 9):
+            assert f"line {number}:" in done.stderr
+        assert "line 1:" not in done.stderr
+        assert "line 9:" not in done.stderr
+        assert "not UTF-8" in done.stderr
+        assert "nested too deeply" in done.stderr
+        assert "not a regular file" in done.stderr
+        assert "not a readable image" in done.stderr
+
+
+def name_clashes(n: int = 0) -> list[dict[str, object]]:
+    """Lines 1 and 6 are fine; 2 reuses a key, 3 an output, 4 and 5 take the batch's own files."""
+    base = requests(6, f"clash{n}")
+    extra: list[dict[str, object]] = [
+        {"key": "a", "output": "a.mp4"},
+        {"key": "a", "output": "b.mp4"},
+        {"key": "c", "output": "./a.mp4"},
+        {"key": "d", "output": "results.jsonl"},
+        {"key": "e", "output": "journal.sqlite-wal"},
+        {"key": "f", "output": "f.mp4"},
+    ]
+    return [{**line, **more} for line, more in zip(base, extra, strict=True)]
+
+
+class TestNames:
+    def test_dry_run_reports_clashing_keys_and_outputs(self, tmp_path: Path) -> None:
+        """--dry-run names lines reusing a key or an output, or taking the batch's own files."""
+        source = write_jsonl(tmp_path / "in.jsonl", name_clashes())
+        done = shortwan("batch", str(source), "-o", str(tmp_path / "o"), "--dry-run")
+        assert done.returncode == 1
+        assert "2 valid requests, 4 invalid" in done.stdout
+        assert "line 2: key 'a' is also the key of line 1" in done.stderr
+        assert "line 3: output './a.mp4' is also the output of line 1" in done.stderr
+        assert "line 4: output 'results.jsonl' would overwrite" in done.stderr
+        assert "line 5: output 'journal.sqlite-wal' would overwrite" in done.stderr
+
+    def test_batch_refuses_them_before_sending_and_keeps_keys(
+        self, tmp_path: Path, fake: FakeProcess
+    ) -> None:
+        """The real run sends only the good lines; every refused row carries its line's key."""
+        before = fake.stats()["creates_received"]
+        source = write_jsonl(tmp_path / "in.jsonl", name_clashes(1))
+        out = tmp_path / "o"
+        done = shortwan("batch", str(source), "-o", str(out), fake=fake)
+        assert done.returncode == 1, done.stderr
+        assert fake.stats()["creates_received"] == before + 2
+        rows = {row["line"]: row for row in results(out)}
+        assert {n: rows[n]["key"] for n in rows} == dict(enumerate("aacdef", start=1))
+        assert [n for n in rows if rows[n]["status"] == "invalid"] == [2, 3, 4, 5]
+        assert rows[1]["status"] == rows[6]["status"] == "succeeded"
+        assert (out / "results.jsonl").read_text().count("\n") == 6
+
+
+class TestMarkup:
+    def test_service_text_is_printed_as_it_is(self) -> None:
+        """A failure reason with [/], [bold] and :emoji: codes is shown verbatim by status."""
+        reason = "upstream said [/] oops, [bold]x[/bold] :smile:"
+        with fake_process(failure_rate=1.0, failure_reason=reason) as server:
+            (job_id,) = server.add_jobs(1, prefix="markup")
+            done = shortwan("status", job_id, fake=server)
+        assert done.returncode == 0, done.stderr
+        assert reason in done.stdout
+
+
+class TestStopping:
+    def test_first_ctrl_c_sends_no_line_read_meanwhile(
+        self, tmp_path: Path, fake: FakeProcess
+    ) -> None:
+        """A line whose image was being checked when Ctrl-C came is not sent afterwards."""
+        big_png(tmp_path / "big.png")
+        lines = [
+            requests(1, "race")[0],
+            {"prompt": "race big", "first_frame_image": "big.png", "duration": 2},
+        ]
+        source = write_jsonl(tmp_path / "in.jsonl", lines)
+        before = fake.stats()["creates_received"]
+        process = _start(["batch", str(source), "--out", str(tmp_path / "out"), "-c", "4"], fake)
+        deadline = time.monotonic() + 30
+        while fake.stats()["creates_received"] == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)  # while line 2's image is being read for sending
+        _stdout, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        assert fake.stats()["creates_received"] == before + 1
+
+    def test_second_ctrl_c_counts_creates_landing_while_closing(self, tmp_path: Path) -> None:
+        """Creates under way at a second Ctrl-C show in the spend and the jobs left running."""
+        slow = {"create": {Fault.SLOW_AFTER: 1.0}}
+        with fake_process(queue_time=0.5, run_time=30, slow_delay=1.0, fault_rates=slow) as server:
+            source = write_jsonl(tmp_path / "in.jsonl", requests(3, "landing"))
+            process = _start(["batch", str(source), "--out", str(tmp_path / "out")], server)
+            deadline = time.monotonic() + 30
+            while server.stats()["creates_received"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=30)
+            job_ids = list(server.jobs())
+        assert process.returncode == 130, stderr
+        assert len(job_ids) == 3
+        assert "$0.510" in stdout  # spent this run: 3 × 2 s at $0.085
+        for job_id in job_ids:
+            assert job_id in stderr
+
+
+class TestDemoFolder:
+    def test_demo_refuses_a_batch_folder(self, tmp_path: Path) -> None:
+        """demo -o a folder holding another batch's journal leaves it alone and exits 2."""
+        out = tmp_path / "batch"
+        out.mkdir()
+        journal, results_file = out / "journal.sqlite", out / "results.jsonl"
+        journal.write_bytes(b"paid jobs")
+        results_file.write_text("{}\n")
+        done = shortwan("demo", "-o", str(out))
+        assert done.returncode == 2
+        assert "journal.sqlite" in done.stderr
+        assert journal.read_bytes() == b"paid jobs"
+        assert results_file.read_text() == "{}\n"
+        assert sorted(p.name for p in out.iterdir()) == ["journal.sqlite", "results.jsonl"]

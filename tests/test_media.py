@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from shortwan import ImageToVideo, InvalidRequestError, image_input
@@ -136,3 +140,83 @@ class TestFromFiles:
         text = "\n".join(info.value.problems)
         assert "width" in text
         assert "duration" in text
+
+
+def damaged_png(cut: int = 9) -> bytes:
+    """An opaque RGBA PNG whose IDAT length is off by ``cut``: Pillow raises SyntaxError on it."""
+    data = bytearray(encode(Image.new("RGBA", (320, 240), (10, 20, 30, 255)), "PNG"))
+    at = data.find(b"IDAT") - 4
+    length = struct.unpack(">I", data[at : at + 4])[0]
+    data[at : at + 4] = struct.pack(">I", length - cut)
+    return bytes(data)
+
+
+class TestDamagedImages:
+    def test_broken_chunks_refused(self) -> None:
+        """A PNG whose chunks are out of step (SyntaxError in Pillow) is an InvalidRequestError."""
+        with pytest.raises(InvalidRequestError, match="not a readable image"):
+            image_input(damaged_png())
+
+    @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+    def test_cut_off_image_refused(self, fmt: str) -> None:
+        """An image cut off halfway is refused before it is sent, not accepted by its header."""
+        data = encode(rgb(), fmt)
+        with pytest.raises(InvalidRequestError, match="not a readable image"):
+            image_input(data[: len(data) // 2])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def test_any_damage_is_a_refusal_or_a_uri(self, data: st.DataObject) -> None:
+        """Bytes flipped or cut anywhere in an image give a data URI or InvalidRequestError."""
+        fmt, mode = data.draw(
+            st.sampled_from([("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "RGB"), ("WEBP", "RGBA")])
+        )
+        image = Image.new(mode, (240, 240))
+        original = encode(image, fmt, **({"transparency": 0} if mode == "P" else {}))
+        damaged = bytearray(original)
+        for _ in range(data.draw(st.integers(1, 8))):
+            at = data.draw(st.integers(0, len(damaged) - 1))
+            damaged[at] = data.draw(st.integers(0, 255))
+        damaged = damaged[: data.draw(st.integers(1, len(damaged)))]
+        try:
+            uri = image_input(bytes(damaged))
+        except InvalidRequestError:
+            return  # a refusal is a right answer; any other exception fails the test
+        assert uri.startswith("data:image/")
+
+
+class TestLocalPaths:
+    def test_device_refused_without_reading(self) -> None:
+        """A device is refused as not a regular file, unread (/dev/zero would never end)."""
+        # /dev/null, not /dev/zero: should this regress, the test fails instead of eating memory.
+        if not Path("/dev/null").exists():
+            pytest.skip("no /dev/null here")
+        with pytest.raises(InvalidRequestError, match="not a regular file"):
+            image_input("/dev/null")
+
+    def test_fifo_refused_without_opening(self, tmp_path: Path) -> None:
+        """A FIFO nobody writes to is refused instead of blocking forever."""
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        fifo = tmp_path / "pipe.png"
+        os.mkfifo(fifo)
+        with pytest.raises(InvalidRequestError, match="not a regular file"):
+            image_input(fifo)
+
+    def test_folder_refused(self, tmp_path: Path) -> None:
+        """A folder is named as such."""
+        with pytest.raises(InvalidRequestError, match="is a folder"):
+            image_input(tmp_path)
+
+    @pytest.mark.parametrize("name", ["img\x00.png", "img\ud800.png"])
+    def test_unusable_paths_refused(self, tmp_path: Path, name: str) -> None:
+        """A path with a NUL byte or a lone surrogate is an InvalidRequestError, not ValueError."""
+        with pytest.raises(InvalidRequestError, match="not a usable path"):
+            image_input(str(tmp_path / name))
+
+    def test_damaged_file_refused_through_from_files(self, tmp_path: Path) -> None:
+        """A damaged image on disk is listed among the request's problems."""
+        path = tmp_path / "broken.png"
+        path.write_bytes(damaged_png())
+        with pytest.raises(InvalidRequestError, match="not a readable image"):
+            ImageToVideo.from_files(first_frame_image=path, prompt="x")
