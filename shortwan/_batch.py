@@ -772,6 +772,8 @@ def output_target(folder: Path, name: str) -> tuple[Path, str | None]:
     """
     target = folder / name
     shown = repr(name) if len(name) <= 80 else repr(name[:77]) + "…"
+    if name.endswith(("/", os.sep)):
+        return target, f"output {shown} names a folder, not a file"
     try:
         os.fsencode(name)
         target = target.resolve()

@@ -438,9 +438,7 @@ class Engine:
     def time_out(self, record: JobRecord, timeout: float | None) -> JobTimeoutError:
         """Mark a wait on ``record`` as timed out locally and return the error that says so."""
         self.table.transition(record, JobState.TIMED_OUT)
-        last = (
-            JobStatus.from_raw(record.raw_status).name.lower() if record.queries else None
-        )
+        last = JobStatus.from_raw(record.raw_status).name.lower() if record.queries else None
         return JobTimeoutError(
             f"job {record.id} did not finish within {timeout} s (last status: "
             f"{last or 'not yet queried'}); it goes on remotely: await it again or attach it",

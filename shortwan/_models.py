@@ -473,6 +473,13 @@ class BatchItem:
             raise InvalidRequestError(
                 [f"key must be a non-empty string of at most 512 characters, got {value!r}"]
             )
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: no journal could store it
+                raise InvalidRequestError(
+                    [f"key {value[:40]!r} is not valid Unicode text (a lone surrogate)"]
+                ) from None
 
 
 @attrs.frozen(kw_only=True)

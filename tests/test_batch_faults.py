@@ -29,6 +29,7 @@ from shortwan import (
     ShortWanError,
     SubmissionUncertainError,
 )
+from shortwan._batch import output_target
 from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import Journal
 from shortwan.testing import FakeShortAPI, Fault, JobPlan, set_testing
@@ -44,6 +45,16 @@ class TestItemsThatCannotWork:
         for bad in (7, b"x.mp4", "", "  ", "bad\x00.mp4"):
             with pytest.raises(InvalidRequestError, match="output"):
                 BatchItem(request=req("a"), output=bad)  # type: ignore[arg-type]
+
+    def test_batch_item_key_must_be_storable_text(self) -> None:
+        with pytest.raises(InvalidRequestError, match="lone surrogate"):
+            BatchItem(request=req("a"), key=chr(0xD800))
+        assert BatchItem(request=req("a"), key="clé").key == "clé"
+
+    def test_an_output_naming_a_folder_is_refused(self, tmp_path: Path) -> None:
+        _target, problem = output_target(tmp_path.resolve(), "sub/")
+        assert problem is not None
+        assert "folder" in problem
 
     @pytest.mark.anyio
     async def test_unusable_output_in_a_mapping_is_refused_before_paying(
