@@ -42,6 +42,7 @@ from ._errors import (
     JobDetachedError,
     JobFailedError,
     JobTimeoutError,
+    JournalError,
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
@@ -453,49 +454,59 @@ async def run_batch(
         )
 
     pending: list[str] = []
-    with _on_interrupt(stopper.press):
-        with (
-            progress,
-            results_path.open("w", encoding="utf-8") as results,
-            anyio.CancelScope() as scope,
-        ):
-            stopper.scope = scope
-            for line in bad:
-                refuse(line, results)
-            try:
-                async with journal, client:
-                    earlier = await journal.spent()
-                    outcomes = client.generate_many(
-                        feed(results),
-                        concurrency=options.concurrency,
-                        max_spend=options.max_spend,
-                        timeout=options.timeout,
-                        journal=journal,
-                        resubmit_uncertain=options.retry_uncertain,
-                        download_to=out,
-                    )
-                    async with contextlib.aclosing(outcomes), anyio.create_task_group() as tg:
+    try:
+        # The journal's run lock is taken before anything in OUT is touched: a second run on the
+        # same folder stops here, before it could truncate the first one's results.
+        await journal.__aenter__()
+    except JournalError as exc:
+        err.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        return EXIT_USAGE
+    try:
+        with _on_interrupt(stopper.press):
+            with (
+                progress,
+                results_path.open("w", encoding="utf-8") as results,
+                anyio.CancelScope() as scope,
+            ):
+                stopper.scope = scope
+                for line in bad:
+                    refuse(line, results)
+                try:
+                    async with journal, client:
+                        earlier = await journal.spent()
+                        outcomes = client.generate_many(
+                            feed(results),
+                            concurrency=options.concurrency,
+                            max_spend=options.max_spend,
+                            timeout=options.timeout,
+                            journal=journal,
+                            resubmit_uncertain=options.retry_uncertain,
+                            download_to=out,
+                        )
+                        async with contextlib.aclosing(outcomes), anyio.create_task_group() as tg:
 
-                        async def tick() -> None:
-                            while True:
-                                refresh()
-                                await anyio.sleep(0.25)
+                            async def tick() -> None:
+                                while True:
+                                    refresh()
+                                    await anyio.sleep(0.25)
 
-                        tg.start_soon(tick)
-                        async for outcome in outcomes:
-                            _count(tally, outcome)
-                            row = _result_row(*lines[outcome.index], outcome)
-                            results.write(json.dumps(row) + "\n")
-                            results.flush()
-                        refresh()
-                        tg.cancel_scope.cancel()
-            finally:
-                # Read once the client has closed: creates under way at a second Ctrl-C land in
-                # its table while it closes, and they are paid for.
-                tally.spent = client.jobs.spent
-                pending = [record.id for record in client.jobs.pending()]
-        if scope.cancelled_caught or not stopper.admitting():
-            tally.interrupted = True
+                            tg.start_soon(tick)
+                            async for outcome in outcomes:
+                                _count(tally, outcome)
+                                row = _result_row(*lines[outcome.index], outcome)
+                                results.write(json.dumps(row) + "\n")
+                                results.flush()
+                            refresh()
+                            tg.cancel_scope.cancel()
+                finally:
+                    # Read once the client has closed: creates under way at a second Ctrl-C land in
+                    # its table while it closes, and they are paid for.
+                    tally.spent = client.jobs.spent
+                    pending = [record.id for record in client.jobs.pending()]
+            if scope.cancelled_caught or not stopper.admitting():
+                tally.interrupted = True
+    finally:
+        await journal.aclose()
     if tally.interrupted:
         left = tally.total - tally.done
         shown = ", ".join(pending[:5]) + (" …" if len(pending) > 5 else "")

@@ -168,6 +168,24 @@ class TestBatch:
         assert fake.stats()["jobs_created"] == created
         assert all(row["replayed"] for row in results(out))
 
+    def test_a_second_run_on_the_same_folder_is_refused(
+        self, tmp_path: Path, fake: FakeProcess
+    ) -> None:
+        """Two runs at once on one --out would both pay: whichever comes second stops with exit 2
+        before touching the folder, and every prompt is paid once."""
+        source = write_jsonl(tmp_path / "in.jsonl", requests(6, "twice"))
+        out = tmp_path / "out"
+        args = ["batch", str(source), "--out", str(out), "-c", "1"]
+        runs = [_start(args, fake), _start(args, fake)]
+        errors = [run.communicate(timeout=60)[1] for run in runs]
+        codes = [run.returncode for run in runs]
+        assert sorted(codes) == [0, 2], errors
+        assert "in use by another run" in errors[codes.index(2)]
+        rows = results(out)
+        assert len(rows) == 6
+        paid = fake.stats()["jobs_by_prompt"]
+        assert [paid[f"twice {i}"] for i in range(6)] == [1] * 6
+
     def test_spend_cap_exit_code(self, tmp_path: Path, fake: FakeProcess) -> None:
         """A cap that stops requests gives exit code 3 and 'not sent' rows."""
         source = write_jsonl(tmp_path / "in.jsonl", requests(5, "cap"))
