@@ -47,7 +47,11 @@ def reqs(n: int, tag: str = "cb") -> list[ImageToVideo]:
 
 @asynccontextmanager
 async def setup(
-    receiver: CallbackReceiver | None = None, *, interval: float = 5.0, **fake_options: object
+    receiver: CallbackReceiver | None = None,
+    *,
+    interval: float = 5.0,
+    timeouts: Timeouts | None = None,
+    **fake_options: object,
 ) -> AsyncIterator[tuple[FakeShortAPI, CallbackReceiver, AsyncShortWan]]:
     if receiver is None:
         receiver = CallbackReceiver()
@@ -55,7 +59,11 @@ async def setup(
         FakeShortAPI(**fake_options) as fake,  # type: ignore[arg-type]
         receiver,
         AsyncShortWan(
-            fake.api_key, base_url=fake.url, poll=poll(interval), callbacks=receiver
+            fake.api_key,
+            base_url=fake.url,
+            poll=poll(interval),
+            callbacks=receiver,
+            timeouts=timeouts or Timeouts(),
         ) as client,
     ):
         yield fake, receiver, client
@@ -234,16 +242,11 @@ class TestAdoption:
     async def test_callback_before_the_lost_answer_is_kept_for_adoption(self) -> None:
         """The job ends and calls back while the create's answer is still slow; the answer is
         then given up on. The id the early callback named is how the paid job is found."""
-        async with (
-            FakeShortAPI(run_time=0.05, slow_delay=1.5) as fake,
-            CallbackReceiver() as receiver,
-            AsyncShortWan(
-                fake.api_key,
-                base_url=fake.url,
-                poll=poll(),
-                callbacks=receiver,
-                timeouts=Timeouts(read=0.5, request=0.8),
-            ) as client,
+        slow_answers = Timeouts(read=0.5, request=0.8)
+        async with setup(timeouts=slow_answers, run_time=0.05, slow_delay=1.5) as (
+            fake,
+            receiver,
+            client,
         ):
             fake.script("create", [Fault.SLOW_AFTER])
             with pytest.raises(SubmissionUncertainError):
@@ -289,16 +292,11 @@ class TestAdoption:
     async def test_an_early_id_that_cannot_be_confirmed_is_tried_once(self) -> None:
         """An early callback names a job the service does not know: one query, then the token
         waits for another callback, instead of asking again and again."""
-        async with (
-            FakeShortAPI(run_time=5.0, slow_delay=1.0) as fake,
-            CallbackReceiver() as receiver,
-            AsyncShortWan(
-                fake.api_key,
-                base_url=fake.url,
-                poll=poll(),
-                callbacks=receiver,
-                timeouts=Timeouts(read=0.3, request=0.5),
-            ) as client,
+        slow_answers = Timeouts(read=0.3, request=0.5)
+        async with setup(timeouts=slow_answers, run_time=5.0, slow_delay=1.0) as (
+            fake,
+            receiver,
+            client,
         ):
             fake.script("create", [Fault.SLOW_AFTER])
 
