@@ -47,7 +47,7 @@ from ._errors import (
     SubmissionUncertainError,
     TransportError,
 )
-from ._models import BatchItem, ImageToVideo, Outcome, Video
+from ._models import BatchItem, ImageToVideo, Outcome, Video, check_timeout
 from ._table import JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -147,9 +147,16 @@ class Batch:
     ) -> None:
         value: object = concurrency
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+            raise InvalidRequestError([f"concurrency must be an int >= 1, got {concurrency!r}"])
+        timeout = check_timeout(timeout)
+        if timeout == 0:
+            raise InvalidRequestError(["timeout must be > 0 seconds or None, got 0"])
+        if isinstance(source, (ImageToVideo, BatchItem, str, bytes, Mapping)) or not isinstance(
+            source, (Iterable, AsyncIterable)
+        ):
+            raise InvalidRequestError(
+                [f"requests must be an iterable of requests, got {type(source).__name__}"]
+            )
         self._engine = engine
         self._source = source
         self._concurrency = concurrency

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import math
 import os
 import ssl
 from collections.abc import AsyncGenerator, Callable
@@ -39,6 +40,7 @@ from ._models import (
     JobSnapshot,
     Outcome,
     Video,
+    check_timeout,
     job_id_problem,
 )
 from ._poller import QueryBudget
@@ -104,6 +106,17 @@ def _budget(max_spend: Decimal | str | int | SpendCounter | None) -> SpendCounte
         if not limit.is_finite() or limit < 0:
             raise InvalidRequestError([f"max_spend must be a finite amount >= 0: {max_spend!r}"])
         return SpendBudget(limit)
+    if isinstance(max_spend, float):
+        if not math.isfinite(max_spend) or max_spend < 0:
+            raise InvalidRequestError([f"max_spend must be a finite amount >= 0: {max_spend!r}"])
+        return SpendBudget(Decimal(str(max_spend)))  # 20.0 means $20.0, not 20.0000000000017
+    if not all(
+        callable(getattr(max_spend, name, None))
+        for name in ("reserve", "settle", "release", "refund")
+    ):
+        raise InvalidRequestError(
+            [f"max_spend must be an amount or a SpendCounter, got {type(max_spend).__name__}"]
+        )
     return max_spend
 
 
@@ -158,6 +171,11 @@ class AsyncShortWan:
         limit: object = max_in_flight
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ConfigurationError(f"max_in_flight must be an int >= 1 or None, got {limit!r}")
+        kept: object = max_finished_jobs
+        if kept is not None and (type(kept) is not int or kept < 0):
+            raise ConfigurationError(
+                f"max_finished_jobs must be an int >= 0 or None, got {max_finished_jobs!r}"
+            )
         self._transport = Transport(
             api_key=_resolve_key(api_key),
             base_url=_resolve_base_url(base_url),
@@ -300,8 +318,9 @@ class AsyncShortWan:
             JobTimeoutError: ``timeout`` passed; the job goes on and is named in the error.
             SubmissionUncertainError, APIError, TransportError: as for :meth:`submit`.
         """
+        seconds = check_timeout(timeout)  # before paying, not after
         job = await self.submit(request)
-        return await job.result(timeout=timeout)
+        return await job.result(timeout=seconds)
 
     async def generate_many(
         self,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+
+from ._errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -20,19 +24,43 @@ __all__ = [
 ]
 
 
+def _number(attr: attrs.Attribute[Any], value: object) -> float:
+    # A setting that is NaN, infinite or not a number at all would make the poller or the
+    # retries silently never run (or spin): refuse it when the setting is made.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{attr.name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
+    if _number(attr, value) <= 0:
+        raise ConfigurationError(f"{attr.name} must be > 0, got {value!r}")
 
 
 def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attr.name} must be > 0 or None, got {value!r}")
+    if value is not None and _number(attr, value) <= 0:
+        raise ConfigurationError(f"{attr.name} must be > 0 or None, got {value!r}")
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attr.name} must be >= 0, got {value!r}")
+    if _number(attr, value) < 0:
+        raise ConfigurationError(f"{attr.name} must be >= 0, got {value!r}")
+
+
+def _at_most(limit: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if value > limit:
+            raise ConfigurationError(f"{attr.name} must be <= {limit:g}, got {value!r}")
+
+    return check
+
+
+def _count(minimum: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(f"{attr.name} must be an int >= {minimum}, got {value!r}")
+
+    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -89,7 +117,7 @@ class RetryPolicy:
     @attempts.validator
     def _check_attempts(self, _attr: attrs.Attribute[int], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {value!r}")
+            raise ConfigurationError(f"attempts must be an int >= 1, got {value!r}")
 
 
 DEFAULT_RETRY: Final = RetryPolicy()
@@ -107,10 +135,10 @@ class Limits:
             files never starve status queries).
     """
 
-    max_connections: int = 100
-    max_connections_per_host: int = 64
+    max_connections: int = attrs.field(default=100, validator=_count(1))
+    max_connections_per_host: int = attrs.field(default=64, validator=_count(1))
     keepalive: float = attrs.field(default=15.0, validator=_positive)
-    max_downloads: int = 4
+    max_downloads: int = attrs.field(default=4, validator=_count(1))
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -162,24 +190,21 @@ class PollPolicy:
 
     min_interval: float = attrs.field(default=2.0, validator=_positive)
     max_interval: float = attrs.field(default=30.0, validator=_positive)
-    growth: float = attrs.field(default=0.12, validator=_positive)
-    first_query_fraction: float = attrs.field(default=0.8, validator=_positive)
-    prior_seconds_per_video_second: float = attrs.field(default=12.0, validator=_positive)
-    resolution_factor: float = attrs.field(default=1.5, validator=_positive)
-    jitter: float = attrs.field(default=0.1, validator=_non_negative)
+    growth: float = attrs.field(default=0.12, validator=[_positive, _at_most(100)])
+    first_query_fraction: float = attrs.field(default=0.8, validator=[_positive, _at_most(100)])
+    prior_seconds_per_video_second: float = attrs.field(
+        default=12.0, validator=[_positive, _at_most(3600)]
+    )
+    resolution_factor: float = attrs.field(default=1.5, validator=[_positive, _at_most(100)])
+    jitter: float = attrs.field(default=0.1, validator=[_non_negative, _at_most(1)])
     max_queries_per_second: float = attrs.field(default=20.0, validator=_positive)
-    max_concurrent_queries: int = attrs.field(default=16)
+    max_concurrent_queries: int = attrs.field(default=16, validator=_count(1))
     callback_interval: float = attrs.field(default=120.0, validator=_positive)
 
     @max_interval.validator
     def _check_max(self, _attr: attrs.Attribute[float], value: float) -> None:
         if value < self.min_interval:
-            raise ValueError(f"max_interval ({value}) must be >= min_interval")
-
-    @max_concurrent_queries.validator
-    def _check_concurrent(self, _attr: attrs.Attribute[int], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_concurrent_queries must be an int >= 1, got {value!r}")
+            raise ConfigurationError(f"max_interval ({value}) must be >= min_interval")
 
 
 DEFAULT_POLL: Final = PollPolicy()

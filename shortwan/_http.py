@@ -267,9 +267,16 @@ class Transport:
 
     def _client_timeout(self, total: float) -> aiohttp.ClientTimeout:
         t = self.timeouts
+        # The wait for a pooled connection must end before the whole attempt's limit: a request
+        # that never got a connection was never sent, and aiohttp only says so (a connection
+        # timeout) when that limit is the first to pass; otherwise a create that never left
+        # would be reported "maybe charged".
+        connect = t.pool + t.connect
+        if not math.isinf(total):
+            connect = min(connect, total * 0.9)
         return aiohttp.ClientTimeout(
             total=None if math.isinf(total) else total,
-            connect=t.pool + t.connect,
+            connect=connect,
             sock_connect=t.connect,
             sock_read=t.read,
         )

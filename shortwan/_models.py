@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -422,11 +423,27 @@ class Job:
             JobTimeoutError: ``timeout`` passed first (the error names the job and its last status).
             JobDetachedError: the client was closed while waiting.
         """
+        seconds = check_timeout(timeout)
         if self._tracker is None:
             raise RuntimeError(
                 f"job {self.id} is not tracked by a client; use client.attach({self.id!r})"
             )
-        return await self._tracker.wait_for(self.id, timeout)
+        return await self._tracker.wait_for(self.id, seconds)
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """Return ``timeout`` as seconds (``None``: no limit), or raise InvalidRequestError.
+
+    Checked before anything is sent: a NaN, a negative number or a string would otherwise pay for
+    a job and then fail the wait.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidRequestError([f"{what} must be a number of seconds or None, got {timeout!r}"])
+    if math.isnan(timeout) or timeout < 0:
+        raise InvalidRequestError([f"{what} must be >= 0 seconds or None, got {timeout!r}"])
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def job_id_problem(job_id: object) -> str | None:

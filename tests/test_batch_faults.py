@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 from helpers import URL, client_for, req
@@ -24,10 +26,13 @@ from shortwan import (
     InvalidRequestError,
     JobDetachedError,
     JournalError,
+    Limits,
+    PollPolicy,
     RetryEvent,
     RetryPolicy,
     ShortWanError,
     SubmissionUncertainError,
+    Timeouts,
 )
 from shortwan._batch import output_target
 from shortwan.callbacks import CallbackReceiver
@@ -464,3 +469,80 @@ class TestJournalTrouble:
         assert second.path == tmp_path / "out" / f"{first.job_id}.mp4"
         assert second.path.stat().st_size > 0
         assert isinstance(second.error, JournalError)
+
+
+class TestArgumentsCheckedBeforePaying:
+    @pytest.mark.parametrize("timeout", [math.nan, -1, "10", True])
+    @pytest.mark.anyio
+    async def test_a_bad_timeout_is_refused_before_the_create(self, timeout: object) -> None:
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            with pytest.raises(InvalidRequestError, match="timeout"):
+                await client.generate(req("t"), timeout=timeout)  # type: ignore[arg-type]
+            with pytest.raises(InvalidRequestError, match="timeout"):
+                await client.gather([req("g")], timeout=timeout)  # type: ignore[arg-type]
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.anyio
+    async def test_odd_batch_arguments_are_invalid_requests(self) -> None:
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            for kwargs in ({"concurrency": 0}, {"max_spend": math.nan}, {"max_spend": object()}):
+                with pytest.raises(InvalidRequestError):
+                    await client.gather([req("k")], **kwargs)  # type: ignore[arg-type]
+            for source in (None, req("bare")):
+                with pytest.raises(InvalidRequestError, match="iterable"):
+                    await client.gather(source)  # type: ignore[arg-type]
+        assert fake.stats.creates_received == 0
+
+    @pytest.mark.anyio
+    async def test_a_float_cap_is_an_amount(self) -> None:
+        async with FakeShortAPI(run_time=0.05) as fake, client_for(fake) as client:
+            cost = req("f").estimated_cost
+            outcomes = await client.gather(
+                [req(f"f {i}") for i in range(3)], concurrency=1, max_spend=float(cost * 2)
+            )
+        assert [type(o.error).__name__ for o in outcomes] == ["NoneType"] * 2 + ["SpendLimitError"]
+        assert fake.stats.creates_received == 2
+
+    @pytest.mark.parametrize(
+        ("make", "what"),
+        [
+            (lambda: PollPolicy(min_interval=math.nan), "min_interval"),
+            (lambda: PollPolicy(jitter=math.inf), "jitter"),
+            (lambda: PollPolicy(prior_seconds_per_video_second=1e308), "prior"),
+            (lambda: Timeouts(read=math.nan), "read"),
+            (lambda: Limits(max_downloads=0), "max_downloads"),
+            (lambda: Limits(max_connections_per_host=-1), "max_connections_per_host"),
+            (lambda: AsyncShortWan("ak-x", max_finished_jobs=-1), "max_finished_jobs"),
+        ],
+    )
+    def test_settings_that_would_stall_are_refused(self, make: Any, what: str) -> None:
+        with pytest.raises(ConfigurationError, match=what):
+            make()
+
+
+class TestWaitingForAConnection:
+    @pytest.mark.anyio
+    async def test_a_create_stuck_in_the_pool_is_not_maybe_sent(self) -> None:
+        """A create still waiting for a pooled connection when its time runs out never left:
+        it is retried (or refused), never reported as maybe charged."""
+        async with FakeShortAPI(slow_delay=3) as fake:
+            fake.script("query", [Fault.SLOW_AFTER])
+            (job_id,) = fake.add_jobs(1)
+            connector = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                # The application's own slow request holds the only connection for 3 s.
+                hog = asyncio.ensure_future(
+                    session.get(
+                        f"{fake.url}/api/v1/job/query",
+                        params={"id": job_id},
+                        headers={"Authorization": f"Bearer {fake.api_key}"},
+                    )
+                )
+                await anyio.sleep(0.1)
+                timeouts = Timeouts(request=1.0, pool=1.0, connect=0.2)
+                async with client_for(fake, session=session, timeouts=timeouts) as client:
+                    job = await client.submit(req("pooled"))
+                    assert client.jobs.uncertain == 0
+                (await hog).release()
+        assert fake.stats.creates_received == 1
+        assert job.id in fake.jobs
