@@ -300,6 +300,7 @@ class Engine:
                 amount=created.amount,
                 state=JobState.QUEUED,
                 callback=token is not None,
+                created=True,
             )
         )
         if slots is not None:
@@ -358,6 +359,7 @@ class Engine:
                 amount=snapshot.credit,
                 state=JobState.QUEUED,
                 callback=True,
+                created=True,
             )
         )
         self.table.note_adopted()
@@ -409,9 +411,11 @@ class Engine:
         return Job(id=record.id, amount=record.amount, request=record.request, tracker=self)
 
     def status_of(self, job_id: str) -> JobStatus:
-        """Return the last status seen for ``job_id``."""
+        """Return the last status seen for ``job_id`` (``UNKNOWN`` once it is no longer kept)."""
         record = self.table.get(job_id)
-        if record is None or not record.queries:
+        if record is None:
+            return JobStatus.UNKNOWN  # dropped from the table (max_finished_jobs): ask get_job
+        if not record.queries:
             return JobStatus.QUEUED
         return JobStatus.from_raw(record.raw_status)
 

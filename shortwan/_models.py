@@ -406,7 +406,8 @@ class Job:
 
     @property
     def status(self) -> JobStatus:
-        """The last status the client saw (``QUEUED`` before the first query)."""
+        """The last status the client saw (``QUEUED`` before the first query, ``UNKNOWN`` once
+        the client no longer keeps the job: see ``max_finished_jobs``)."""
         if self._tracker is None:
             return JobStatus.QUEUED
         return self._tracker.status_of(self.id)

@@ -349,7 +349,7 @@ class Poller:
         record.last_query_at = now
         record.raw_status = snapshot.raw_status
         if snapshot.credit is not None and record.amount is None:
-            record.amount = snapshot.credit
+            self.table.set_amount(record, snapshot.credit)
         state = state_for(snapshot.raw_status)
         if state.is_terminal:
             # Kept for the end only: a waiting job's answers (with the echoed args) would cost

@@ -85,6 +85,12 @@ class JobRecord:
     amount: Decimal | None
     state: JobState
     callback: bool = False
+    # Made by this client's own create (not attached): its charge counts in the table's spend.
+    created: bool = False
+    # What of it is counted in the spend (the estimate until the charge is known), and whether
+    # its refund has been taken off.
+    counted: Decimal | None = None
+    refund_counted: bool = False
     raw_status: int = -1
     submitted_at: float = attrs.field(factory=time.monotonic)
     last_query_at: float | None = None
@@ -199,12 +205,27 @@ class JobTable:
             return existing
         self._records[record.id] = record
         self._counts[record.state] += 1
-        if record.amount is not None:
-            self.committed += record.amount
+        if record.created:
+            # A charge that could not be read counts as the estimate until a query says more.
+            charge = record.amount
+            if charge is None and record.request is not None:
+                charge = record.request.estimated_cost
+            if charge is not None:
+                record.counted = charge
+                self.committed += charge
         self._emit(record, None)
         if record.is_terminal:
             self._remember_finished(record)
         return record
+
+    def set_amount(self, record: JobRecord, amount: Decimal) -> None:
+        """Learn what ``record`` was charged, when its create's answer did not say."""
+        if record.amount is not None:
+            return
+        record.amount = amount
+        if record.created and not record.refund_counted:
+            self.committed += amount - (record.counted or 0)
+            record.counted = amount
 
     def note_uncertain(self) -> None:
         """Count a create whose outcome is unknown."""
@@ -224,8 +245,11 @@ class JobTable:
         if state in _TERMINAL:
             record.finished_at = time.monotonic()
             snapshot = record.snapshot
-            if state is JobState.FAILED and snapshot and snapshot.refunded and record.amount:
-                self.refunded += record.amount
+            refunded = state is JobState.FAILED and snapshot is not None and snapshot.refunded
+            if refunded and record.counted and not record.refund_counted:
+                # Only a charge counted here is taken off, and only once.
+                self.refunded += record.counted
+                record.refund_counted = True
             self._remember_finished(record)
             self._wake(record)
         self._emit(record, previous)

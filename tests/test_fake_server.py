@@ -100,13 +100,19 @@ class TestProtocol:
 
     @pytest.mark.anyio
     async def test_balance_and_refund(self, http: aiohttp.ClientSession) -> None:
-        """A create beyond the balance gets 402; a failed job gives its charge back."""
-        async with FakeShortAPI(balance=Decimal("0.5"), failure_rate=1.0) as fake:
+        """A create beyond the balance gets 402; a failed job gives its charge back when it
+        ends (protocol, section 7)."""
+        async with FakeShortAPI(
+            balance=Decimal("0.5"), failure_rate=1.0, queue_time=0, run_time=0.3
+        ) as fake:
             assert (await create(http, fake))[0] == 200
-            assert (await create(http, fake))[0] == 402
+            assert (await create(http, fake))[0] == 402  # the first job still holds the money
+            await anyio.sleep(0.35)
             job_id = next(iter(fake.jobs))
             data = (await query(http, fake, job_id))["data"]
             assert (data["status"], data["refunded"]) == (3, True)
+            assert fake.balance == Decimal("0.5")
+            assert (await create(http, fake))[0] == 200
 
     @pytest.mark.anyio
     async def test_unknown_job_is_code_1(self, http: aiohttp.ClientSession) -> None:

@@ -20,6 +20,8 @@ URL = "https://example.com/a.png"
 
 
 def record(job_id: str = "j1", *, amount: str | None = "0.425", **kwargs: object) -> JobRecord:
+    """A record of a job this client created (``created=False`` for an attached one)."""
+    kwargs.setdefault("created", True)
     return JobRecord(
         id=job_id,
         request=ImageToVideo(first_frame_image=URL),
@@ -77,6 +79,36 @@ class TestJobTable:
         table.transition(r, JobState.RUNNING)
         assert r.state is JobState.SUCCEEDED
         assert table.counts == {JobState.SUCCEEDED: 1}
+
+    def test_attached_jobs_never_move_the_spend(self) -> None:
+        """A job created elsewhere was not paid by this client: its refund is not taken off."""
+        table = JobTable()
+        r = table.add(record(amount=None, created=False))
+        r.snapshot = snapshot(3, refunded=True)
+        table.set_amount(r, Decimal("0.425"))
+        table.transition(r, JobState.FAILED)
+        assert table.spent == 0
+        assert table.refunded == 0
+
+    def test_unknown_charge_counts_as_the_estimate_until_known(self) -> None:
+        table = JobTable()
+        r = table.add(record(amount=None))
+        assert r.request is not None
+        assert table.spent == r.request.estimated_cost
+        table.set_amount(r, Decimal("0.5"))
+        assert table.spent == Decimal("0.5")
+
+    def test_a_refund_is_taken_off_once(self) -> None:
+        table = JobTable()
+        r = table.add(record())
+        r.snapshot = snapshot(3, refunded=True)
+        table.transition(r, JobState.FAILED)
+        again = table.get(r.id)
+        assert again is r
+        table.resume(r, JobState.QUEUED)  # a finished job never moves; nothing is counted twice
+        table.transition(r, JobState.FAILED)
+        assert table.spent == 0
+        assert table.refunded == Decimal("0.425")
 
     def test_refund_subtracted_on_refunded_failure(self) -> None:
         """A failed job that was refunded no longer counts as spent."""

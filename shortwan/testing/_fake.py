@@ -223,7 +223,9 @@ class FakeShortAPI:
         self.unknown_status = unknown_status
         self.result_shape: ResultShape = result_shape
         self.extra_fields = extra_fields
-        self.balance = balance
+        self._balance = balance
+        # Jobs that will fail, by end time: their charge goes back to the balance when they end.
+        self._refunds: list[tuple[float, int, Decimal]] = []
         self.plan = plan
         self.retry_after = retry_after
         self.slow_delay = slow_delay
@@ -259,6 +261,19 @@ class FakeShortAPI:
         # after aiohttp's shutdown gives up on it, so close ends them itself.
         self._handlers: set[asyncio.Task[Any]] = set()
         self.url = ""
+
+    @property
+    def balance(self) -> Decimal | None:
+        """USD left (``None``: unlimited); failed jobs' charges are back once they have ended."""
+        if self._balance is not None:
+            now = time.monotonic()
+            while self._refunds and self._refunds[0][0] <= now:
+                self._balance += heapq.heappop(self._refunds)[2]
+        return self._balance
+
+    @balance.setter
+    def balance(self, value: Decimal | None) -> None:
+        self._balance = value
 
     @property
     def jobs(self) -> Mapping[str, FakeJob]:
@@ -442,10 +457,11 @@ class FakeShortAPI:
             self.stats.creates_rejected += 1
             return self._json(self._envelope(400, message="; ".join(problems)), status=400)
         amount = PRICE * int(args.get("duration", 5))
-        if self.balance is not None:
-            if amount > self.balance:
+        balance = self.balance
+        if balance is not None:
+            if amount > balance:
                 return self._json(self._envelope(402, message="insufficient balance"), status=402)
-            self.balance -= amount
+            self._balance = balance - amount
         job = self._make_job(args, body.get("callback_url"), amount)
 
         def answer() -> web.Response:
@@ -489,6 +505,9 @@ class FakeShortAPI:
             result_shape=plan.result_shape or self.result_shape,
         )
         self._jobs[job.id] = job
+        if final >= 3 and self._balance is not None:
+            # Failed jobs are refunded (protocol, section 7), when they end.
+            heapq.heappush(self._refunds, (job.run_end, next(self._callback_seq), amount))
         self.stats.jobs_created += 1
         self.stats.jobs_by_prompt[job.prompt] += 1
         if callback:
