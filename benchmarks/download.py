@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
+import os
 import shutil
 import tempfile
 import threading
@@ -123,6 +124,19 @@ async def plain_copy(url: str, dest: Path) -> int:
     return written
 
 
+async def durable_copy(url: str, dest: Path) -> int:
+    """The same hand-written loop, made durable: an fsync once the body is written."""
+    written = 0
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        response.raise_for_status()
+        with dest.open("wb") as handle:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                handle.write(chunk)
+                written += len(chunk)
+            os.fsync(handle.fileno())
+    return written
+
+
 async def shortwan_copy(url: str, dest: Path) -> int:
     """Download with shortwan: .part file, length check, fsync, atomic rename."""
     async with AsyncShortWan("ak-" + "0" * 32, base_url="http://127.0.0.1:1") as client:
@@ -142,12 +156,15 @@ def bench(quick: bool, size_mb: int | None = None) -> Section:
             notes.append(
                 f"Only {free // MIB:,} MiB free: the body was shrunk to {size // MIB} MiB."
             )
-        times: dict[str, list[float]] = {"plain": [], "shortwan": []}
-        growth: dict[str, list[float]] = {"plain": [], "shortwan": []}
+        contenders = (("plain", plain_copy), ("durable", durable_copy), ("shortwan", shortwan_copy))
+        times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+        growth: dict[str, list[float]] = {name: [] for name, _ in contenders}
         with file_server(size) as url:
             for r in range(rounds):
-                for name, copy in (("plain", plain_copy), ("shortwan", shortwan_copy)):
+                for name, copy in contenders:
                     dest = Path(tmp) / f"{name}-{r}.bin"
+                    # Untimed: neither contender inherits the other's pending disk writes.
+                    os.sync()
                     with rss_peak() as rss:
                         started = time.perf_counter()
                         got = anyio.run(copy, url, dest)
@@ -160,18 +177,28 @@ def bench(quick: bool, size_mb: int | None = None) -> Section:
     rows: list[list[object]] = []
     for name, label in (
         ("plain", "plain aiohttp chunk copy"),
+        ("durable", "the same copy + fsync"),
         ("shortwan", "client.download()"),
     ):
         seconds = median(times[name])
         rows.append([label, seconds, size / MIB / seconds, median(growth[name])])
-    ratio = num(rows[0][1]) / num(rows[1][1])
+    ratio = num(rows[0][1]) / num(rows[2][1])
+    durable = num(rows[1][1]) / num(rows[2][1])
     for row in rows:
         row.append(num(rows[0][1]) / num(row[1]))
+        row.append(num(rows[1][1]) / num(row[1]))
     return Section(
         key="download",
         title=f"Downloading {size // MIB:,} MiB over loopback ({rounds} alternating rounds, "
         "medians)",
-        header=["downloader", "seconds", "MiB/s", "RSS growth, MiB", "throughput vs plain"],
+        header=[
+            "downloader",
+            "seconds",
+            "MiB/s",
+            "RSS growth, MiB",
+            "throughput vs plain",
+            "vs plain + fsync",
+        ],
         rows=rows,
         targets=[
             *(
@@ -179,12 +206,14 @@ def bench(quick: bool, size_mb: int | None = None) -> Section:
                 if size >= 1024 * MIB
                 else []
             ),
-            Target("resident memory growth, MiB", num(rows[1][3]), 32.0),
+            Target("resident memory growth, MiB", num(rows[2][3]), 32.0),
         ],
         notes=[
             "shortwan's time includes the fsync of the whole file and of its folder before the "
-            "rename, which the plain copy skips. The throughput target is for 1 GiB; smaller "
-            "bodies weigh the fixed costs (client start, the final fsync) more.",
+            "rename. The plain copy skips it and never waits for the disk (its file is deleted "
+            "before the kernel writes it), so against it the figure is bounded by the disk's "
+            f"write speed; against the same copy made durable shortwan runs at {durable:.2f}x. "
+            "The throughput target is for 1 GiB; smaller bodies weigh the fixed costs more.",
             *notes,
         ],
     )
