@@ -111,8 +111,11 @@ def rss_peak() -> Iterator[dict[str, int]]:
         result["growth"] = result["peak"] - result["start"]
 
 
-async def plain_copy(url: str, dest: Path) -> int:
-    """A hand-written download: stream the body and write each chunk as it comes."""
+async def plain_copy(url: str, dest: Path, *, durable: bool = False) -> int:
+    """A hand-written download: stream the body and write each chunk as it comes.
+
+    ``durable`` adds what such a loop needs to survive a power cut: one fsync at the end.
+    """
     written = 0
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         response.raise_for_status()
@@ -121,20 +124,14 @@ async def plain_copy(url: str, dest: Path) -> int:
             async for chunk in response.content.iter_chunked(CHUNK):
                 handle.write(chunk)
                 written += len(chunk)
+            if durable:
+                os.fsync(handle.fileno())
     return written
 
 
 async def durable_copy(url: str, dest: Path) -> int:
-    """The same hand-written loop, made durable: an fsync once the body is written."""
-    written = 0
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        response.raise_for_status()
-        with dest.open("wb") as handle:
-            async for chunk in response.content.iter_chunked(CHUNK):
-                handle.write(chunk)
-                written += len(chunk)
-            os.fsync(handle.fileno())
-    return written
+    """The same hand-written loop, made durable."""
+    return await plain_copy(url, dest, durable=True)
 
 
 async def shortwan_copy(url: str, dest: Path) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import filecmp
 import functools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import (
@@ -34,7 +33,7 @@ from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._convert import request_from_args
-from ._download import safe_name
+from ._download import output_target, safe_name
 from ._errors import (
     APIError,
     DownloadError,
@@ -226,7 +225,7 @@ class Batch:
             logger.warning(
                 "generate_many stopped with %d jobs in flight; they stay tracked: %s",
                 len(pending),
-                ", ".join(pending[:20]) + (" …" if len(pending) > 20 else ""),
+                _some(pending),
                 extra={"job_ids": pending},
             )
         # Outcomes that were ready but never taken: their jobs are paid for, so name them.
@@ -243,7 +242,7 @@ class Batch:
                 "generate_many stopped before %d finished outcomes were taken; their jobs stay "
                 "in client.jobs: %s",
                 len(untaken),
-                ", ".join(untaken[:20]) + (" …" if len(untaken) > 20 else ""),
+                _some(untaken),
                 extra={"job_ids": untaken},
             )
         self._waiting.clear()
@@ -719,13 +718,8 @@ class Batch:
                 await anyio.sleep(wait)
                 continue
             deadlines.popleft()
+            # Its entry in _index_of goes when the job ends; _finish_at then finds it reported.
             del self._waiting[index]
-            if self._index_of.get(record.id) == index:
-                del self._index_of[record.id]
-            else:
-                others = self._more_indexes.get(record.id, [])
-                if index in others:
-                    others.remove(index)
             key, _output = self._extras.pop(index, (None, None))
             self._emit(
                 Outcome(
@@ -757,6 +751,11 @@ class Batch:
             self._cancel.cancel()
 
 
+def _some(ids: list[str]) -> str:
+    """The first twenty ids, for a log line."""
+    return ", ".join(ids[:20]) + (" …" if len(ids) > 20 else "")
+
+
 def _as_shortwan(exc: Exception, what: str) -> ShortWanError:
     """Return ``exc`` if it is a shortwan error, else a :class:`ShortWanError` caused by it."""
     if isinstance(exc, ShortWanError):
@@ -764,32 +763,3 @@ def _as_shortwan(exc: Exception, what: str) -> ShortWanError:
     error = ShortWanError(f"{what}: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
-
-
-# Longest file name most systems take (NAME_MAX); checked before paying, not after.
-_NAME_MAX = 255
-
-
-def output_target(folder: Path, name: str) -> tuple[Path, str | None]:
-    """Return where ``name`` lands in ``folder`` (an absolute, resolved folder) and what is wrong.
-
-    The problem is ``None`` for a usable name; otherwise it says why the video could not be saved
-    there (outside the folder, a NUL byte, a part too long, not text the file system takes), so
-    the request can be refused before it is paid for.
-    """
-    target = folder / name
-    shown = repr(name) if len(name) <= 80 else repr(name[:77]) + "…"
-    if name.endswith(("/", os.sep)):
-        return target, f"output {shown} names a folder, not a file"
-    try:
-        os.fsencode(name)
-        target = target.resolve()
-    except (ValueError, OSError, RuntimeError) as exc:  # NUL, surrogates, symlink loops
-        return target, f"output {shown} is not a usable file name: {exc}"
-    if not target.is_relative_to(folder) or target == folder:
-        return target, f"output {shown} would be written outside {str(folder)!r}"
-    longest = max(len(os.fsencode(part)) for part in target.relative_to(folder).parts)
-    # Room for the partial file's suffix (".<12 hex>.part") next to the final name.
-    if longest + 18 > _NAME_MAX:
-        return target, f"output {shown} has a name longer than this system takes"
-    return target, None

@@ -33,9 +33,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ._batch import output_target
 from ._client import AsyncShortWan
 from ._config import DEFAULT_POLL, PollPolicy
+from ._download import output_target
 from ._errors import (
     DownloadError,
     InvalidRequestError,
@@ -46,6 +46,7 @@ from ._errors import (
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
+    quoted,
 )
 from ._media import image_input_or_problem
 from ._models import BatchItem, ImageToVideo, Outcome
@@ -109,18 +110,6 @@ class Line:
     output: str | None = None
 
 
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 80 else repr(text[:77]) + "…"
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
-        return False
-    return True
-
-
 def _parse(number: int, text: str, base: Path) -> Line:
     try:
         data = json.loads(text)
@@ -135,17 +124,16 @@ def _parse(number: int, text: str, base: Path) -> Line:
     args: dict[str, Any] = dict(data)
     key, output = args.pop("key", None), args.pop("output", None)
     problems: list[str] = []
-    if key is not None and not isinstance(key, str):
-        problems.append(f"key must be a string, got {key!r}")
+    # The library's own rules for keys and output names; a bad one is dropped from the row.
+    try:
+        BatchItem(request={}, key=key)
+    except InvalidRequestError as exc:
+        problems.extend(exc.problems)
         key = None
-    elif key is not None and not _encodable(key):
-        # The journal (SQLite) cannot store it: refused here rather than at send time.
-        problems.append(f"key {_shown(key)} is not valid Unicode text (a lone surrogate)")
-        key = None
-    if output is not None and (
-        not isinstance(output, str) or not output.strip() or "\x00" in output
-    ):
-        problems.append(f"output must be a file name without NUL bytes, got {output!r}")
+    try:
+        BatchItem(request={}, output=output)
+    except InvalidRequestError as exc:
+        problems.extend(exc.problems)
         output = None
     for name in _IMAGE_FIELDS:
         value = args.get(name)
@@ -217,20 +205,20 @@ class _Checker:
         if line.key is not None:
             first = self.keys.setdefault(line.key, line.number)
             if first != line.number:
-                problems.append(f"key {_shown(line.key)} is also the key of line {first}")
+                problems.append(f"key {quoted(line.key)} is also the key of line {first}")
         if line.output is not None:
             target, problem = output_target(self.folder, line.output)
             if problem is None:
                 top = target.relative_to(self.folder).parts[0]
                 if top.casefold() in self.reserved:
                     problem = (
-                        f"output {_shown(line.output)} would overwrite {top!r}, which the batch "
+                        f"output {quoted(line.output)} would overwrite {top!r}, which the batch "
                         "keeps in its folder"
                     )
             if problem is None:
                 first = self.targets.setdefault(target, line.number)
                 if first != line.number:
-                    problem = f"output {_shown(line.output)} is also the output of line {first}"
+                    problem = f"output {quoted(line.output)} is also the output of line {first}"
             if problem is not None:
                 problems.append(problem)
         if len(problems) == (0 if line.problem is None else 1):

@@ -29,10 +29,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._config import RetryPolicy, Timeouts
-from ._errors import DownloadError
+from ._errors import DownloadError, quoted
 from ._retry import RetryEvent, RetryHook, backoff_delay, notify_retry
 
-__all__ = ["Downloader", "part_path", "resolve_dest", "safe_name"]
+__all__ = ["Downloader", "output_target", "part_path", "resolve_dest", "safe_name"]
 
 logger = logging.getLogger("shortwan")
 
@@ -89,15 +89,42 @@ def resolve_dest(dest: str | os.PathLike[str], name: str, *, job_id: str | None 
     if path.is_dir() or str(dest).endswith(("/", os.sep)):
         try:
             folder = path.resolve()
-            target = (folder / name).resolve()
         except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop
             raise DownloadError(f"unusable path {str(dest)!r}: {exc}", job_id=job_id) from exc
-        if target.parent != folder:
-            raise DownloadError(
-                f"refusing to write {name!r} outside {str(folder)!r}", job_id=job_id
-            )
+        target, problem = output_target(folder, name)
+        if problem is not None:
+            raise DownloadError(problem, job_id=job_id)
         return target
     return path
+
+
+# Longest file name most systems take (NAME_MAX); checked before paying, not after.
+_NAME_MAX = 255
+
+
+def output_target(folder: Path, name: str) -> tuple[Path, str | None]:
+    """Return where ``name`` lands in ``folder`` (an absolute, resolved folder) and what is wrong.
+
+    The problem is ``None`` for a usable name; otherwise it says why the video could not be saved
+    there (outside the folder, a NUL byte, a part too long, not text the file system takes), so
+    the request can be refused before it is paid for.
+    """
+    target = folder / name
+    shown = quoted(name)
+    if name.endswith(("/", os.sep)):
+        return target, f"output {shown} names a folder, not a file"
+    try:
+        os.fsencode(name)
+        target = target.resolve()
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL, surrogates, symlink loops
+        return target, f"output {shown} is not a usable file name: {exc}"
+    if not target.is_relative_to(folder) or target == folder:
+        return target, f"output {shown} would be written outside {str(folder)!r}"
+    longest = max(len(os.fsencode(part)) for part in target.relative_to(folder).parts)
+    # Room for the partial file's suffix (".<12 hex>.part") next to the final name.
+    if longest + 18 > _NAME_MAX:
+        return target, f"output {shown} has a name longer than this system takes"
+    return target, None
 
 
 def part_path(dest: Path, *, job_id: str | None, url: str) -> Path:

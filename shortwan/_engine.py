@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint_if_cancelled
 
+from ._aio import wait_through_cancellation
 from ._config import PollPolicy
 from ._convert import request_args, snapshot_from_data
 from ._errors import (
@@ -111,7 +112,7 @@ class Engine:
         which is raised once everything is shut down.
         """
         self._closing = True  # no create leaves from here on, not even one waiting for a slot
-        cancelled = await _wait_all(self._creating)
+        cancelled = await wait_through_cancellation(self._creating)
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
         self._adoption_hooks.clear()
@@ -125,7 +126,7 @@ class Engine:
                 self._task_group.cancel_scope.cancel()
             else:
                 runner.cancel()
-            cancelled = await _wait_all({runner}) or cancelled
+            cancelled = await wait_through_cancellation({runner}) or cancelled
             if not runner.cancelled() and runner.exception() is not None:
                 logger.error("the engine stopped with an error", exc_info=runner.exception())
             self._task_group = None
@@ -272,11 +273,13 @@ class Engine:
     ) -> JobRecord:
         receiver = self.callbacks
         try:
-            try:
-                created = await self.transport.create(
-                    request.model, request_args(request), callback_url=callback_url
-                )
-            except SubmissionUncertainError as exc:
+            created = await self.transport.create(
+                request.model, request_args(request), callback_url=callback_url
+            )
+        except BaseException as exc:
+            if slots is not None:
+                slots.release()
+            if isinstance(exc, SubmissionUncertainError):
                 exc.request = request
                 self.table.note_uncertain()
                 if receiver is not None and token is not None:
@@ -284,14 +287,8 @@ class Engine:
                     exc.callback_token = token
                     receiver.keep_uncertain(token)
                 logger.warning("create outcome unknown, not resubmitted: %s", exc)
-                raise
-            except BaseException:
-                if receiver is not None and token is not None:
-                    receiver.forget(token)
-                raise
-        except BaseException:
-            if slots is not None:
-                slots.release()
+            elif receiver is not None and token is not None:
+                receiver.forget(token)
             raise
         record = self.table.add(
             JobRecord(
@@ -300,8 +297,8 @@ class Engine:
                 amount=created.amount,
                 state=JobState.QUEUED,
                 callback=token is not None,
-                created=True,
-            )
+            ),
+            created=True,
         )
         if slots is not None:
             # The slot is the job's until it ends (or the client lets go of it).
@@ -359,8 +356,8 @@ class Engine:
                 amount=snapshot.credit,
                 state=JobState.QUEUED,
                 callback=True,
-                created=True,
-            )
+            ),
+            created=True,
         )
         self.table.note_adopted()
         logger.warning(
@@ -462,19 +459,3 @@ class Engine:
         error = record.error or ShortWanError(f"job {record.id} ended without a video")
         error.job_id = error.job_id or record.id
         raise error
-
-
-async def _wait_all(live: set[asyncio.Task[Any]]) -> asyncio.CancelledError | None:
-    """Wait until every task of the live set ``live`` is done, even through cancellation.
-
-    Neither an anyio cancel scope nor a native ``Task.cancel`` cuts the wait short; a native
-    cancellation that arrived meanwhile is returned, for the caller to raise when it is done.
-    """
-    cancelled: asyncio.CancelledError | None = None
-    while pending := {task for task in live if not task.done()}:
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.shield(asyncio.wait(pending))
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    return cancelled

@@ -67,6 +67,11 @@ def snippet(body: str | bytes | None, limit: int = _SNIPPET) -> str | None:
     return text
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """Return ``text`` quoted for an error message, cut to about ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "…"
+
+
 class ShortWanError(Exception):
     """Base class of every error shortwan raises."""
 

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Final
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidRequestError, quoted
 from ._models import MAX_IMAGE_BYTES
 
 __all__ = ["image_input"]
@@ -82,7 +82,7 @@ def image_input_or_problem(
 def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, str | None]:
     """Read a regular file of at most the size limit: ``(data, None)`` or ``(b"", problem)``."""
     path = Path(source)
-    shown = _shown(path)
+    shown = quoted(str(path), 200)
     try:
         # Refused before opening: a device or a FIFO may block on open or never end.
         mode = path.stat().st_mode
@@ -108,11 +108,6 @@ def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, 
     if len(data) > MAX_IMAGE_BYTES:
         return b"", f"{name}: image is over {MAX_IMAGE_BYTES:,} bytes, the limit"
     return data, None
-
-
-def _shown(path: Path) -> str:
-    text = str(path)
-    return repr(text) if len(text) <= 200 else repr(text[:197]) + "…"
 
 
 def _too_big(name: str, size: int) -> str:

@@ -85,12 +85,9 @@ class JobRecord:
     amount: Decimal | None
     state: JobState
     callback: bool = False
-    # Made by this client's own create (not attached): its charge counts in the table's spend.
-    created: bool = False
-    # What of it is counted in the spend (the estimate until the charge is known), and whether
-    # its refund has been taken off.
+    # What of its charge the table's spend counts: set only for this client's own creates (the
+    # estimate until the charge is known), never for attached jobs.
     counted: Decimal | None = None
-    refund_counted: bool = False
     raw_status: int = -1
     submitted_at: float = attrs.field(factory=time.monotonic)
     last_query_at: float | None = None
@@ -198,14 +195,17 @@ class JobTable:
         """Return the jobs that have not ended (they may still be charged or deliver a video)."""
         return [r for r in self._records.values() if not r.is_terminal]
 
-    def add(self, record: JobRecord) -> JobRecord:
-        """Track ``record``; an id already tracked keeps its record (which is returned)."""
+    def add(self, record: JobRecord, *, created: bool = False) -> JobRecord:
+        """Track ``record``; an id already tracked keeps its record (which is returned).
+
+        ``created``: this client's own create made the job, so its charge counts in the spend.
+        """
         existing = self._records.get(record.id)
         if existing is not None:
             return existing
         self._records[record.id] = record
         self._counts[record.state] += 1
-        if record.created:
+        if created:
             # A charge that could not be read counts as the estimate until a query says more.
             charge = record.amount
             if charge is None and record.request is not None:
@@ -223,8 +223,8 @@ class JobTable:
         if record.amount is not None:
             return
         record.amount = amount
-        if record.created and not record.refund_counted:
-            self.committed += amount - (record.counted or 0)
+        if record.counted is not None:
+            self.committed += amount - record.counted
             record.counted = amount
 
     def note_uncertain(self) -> None:
@@ -246,10 +246,9 @@ class JobTable:
             record.finished_at = time.monotonic()
             snapshot = record.snapshot
             refunded = state is JobState.FAILED and snapshot is not None and snapshot.refunded
-            if refunded and record.counted and not record.refund_counted:
-                # Only a charge counted here is taken off, and only once.
+            if refunded and record.counted:
+                # Only a charge counted here is taken off (a finished job never moves again).
                 self.refunded += record.counted
-                record.refund_counted = True
             self._remember_finished(record)
             self._wake(record)
         self._emit(record, previous)

@@ -321,9 +321,12 @@ class CallbackReceiver:
                 snapshot = snapshot_from_data(data, job_id=record.id)
             except MalformedResponseError:
                 snapshot = None
-            usable = snapshot is not None and snapshot.id == record.id
-            if usable and snapshot is not None and (snapshot.urls or not snapshot.succeeded):
-                # A success without a readable URL is not trusted to end the job: a query is.
+            # A success without a readable URL is not trusted to end the job: a query is.
+            if (
+                snapshot is not None
+                and snapshot.id == record.id
+                and (snapshot.urls or not snapshot.succeeded)
+            ):
                 engine.poller.apply(record, snapshot)
                 return
         engine.confirm(record)

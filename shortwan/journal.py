@@ -39,6 +39,7 @@ import attrs
 if sys.platform != "win32":
     import fcntl
 
+from ._aio import wait_through_cancellation
 from ._convert import request_args
 from ._errors import JobFailedError, JournalError, ShortWanError
 from ._models import ImageToVideo, Video
@@ -213,19 +214,11 @@ def _int64(value: int | None) -> int | None:
 async def _settled(future: asyncio.Future[Any]) -> None:
     """Wait until the writer thread settled ``future``, even through a native cancellation.
 
-    An anyio shield does not stop ``task.cancel()`` (``asyncio.wait_for``, ``asyncio.timeout``, web
-    frameworks): the wait goes through :func:`asyncio.shield`, so the future itself is never
-    cancelled, and a cancellation that arrives meanwhile is re-raised once the thread is done with
-    it, so a cancelled caller never leaves before its write is on disk.
+    An anyio shield does not stop ``task.cancel()``; a cancellation that arrives meanwhile is
+    re-raised once the thread is done with the write, so a cancelled caller never leaves before
+    its write is on disk.
     """
-    cancelled: asyncio.CancelledError | None = None
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-        except Exception:  # Settled with an error: the caller reads it from future.result().
-            break
+    cancelled = await wait_through_cancellation((future,))
     if cancelled is not None:
         if not future.cancelled():
             future.exception()  # Nobody will read it now: mark it retrieved.
@@ -507,9 +500,8 @@ class Journal:
         writer.jobs.put((func, write, future))
         if write:
             # A write that was handed over finishes; the caller must not believe it did not
-            # happen. The anyio shield holds off anyio cancel scopes, _settled a native cancel.
-            with anyio.CancelScope(shield=True):
-                await _settled(future)
+            # happen, whatever cancels it meanwhile.
+            await _settled(future)
         else:
             # A read may be abandoned; shielding keeps the future uncancelled for the thread.
             await asyncio.shield(future)

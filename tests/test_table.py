@@ -20,8 +20,6 @@ URL = "https://example.com/a.png"
 
 
 def record(job_id: str = "j1", *, amount: str | None = "0.425", **kwargs: object) -> JobRecord:
-    """A record of a job this client created (``created=False`` for an attached one)."""
-    kwargs.setdefault("created", True)
     return JobRecord(
         id=job_id,
         request=ImageToVideo(first_frame_image=URL),
@@ -57,8 +55,8 @@ class TestJobTable:
     def test_add_counts_and_commits_spend(self) -> None:
         """Adding a job counts it by state and adds its amount to the spend."""
         table = JobTable()
-        table.add(record("a"))
-        table.add(record("b", amount="0.85"))
+        table.add(record("a"), created=True)
+        table.add(record("b", amount="0.85"), created=True)
         assert len(table) == 2
         assert table.counts == {JobState.QUEUED: 2}
         assert table.spent == Decimal("1.275")
@@ -66,15 +64,15 @@ class TestJobTable:
     def test_same_id_twice_keeps_one_record(self) -> None:
         """A job id added twice is one record and is charged once."""
         table = JobTable()
-        first = table.add(record("a"))
-        second = table.add(record("a"))
+        first = table.add(record("a"), created=True)
+        second = table.add(record("a"), created=True)
         assert first is second
         assert table.spent == Decimal("0.425")
 
     def test_finished_job_never_moves_back(self) -> None:
         """A late answer cannot move a finished job back to running."""
         table = JobTable()
-        r = table.add(record())
+        r = table.add(record(), created=True)
         table.transition(r, JobState.SUCCEEDED)
         table.transition(r, JobState.RUNNING)
         assert r.state is JobState.SUCCEEDED
@@ -83,7 +81,7 @@ class TestJobTable:
     def test_attached_jobs_never_move_the_spend(self) -> None:
         """A job created elsewhere was not paid by this client: its refund is not taken off."""
         table = JobTable()
-        r = table.add(record(amount=None, created=False))
+        r = table.add(record(amount=None))  # attached: not created here
         r.snapshot = snapshot(3, refunded=True)
         table.set_amount(r, Decimal("0.425"))
         table.transition(r, JobState.FAILED)
@@ -92,7 +90,7 @@ class TestJobTable:
 
     def test_unknown_charge_counts_as_the_estimate_until_known(self) -> None:
         table = JobTable()
-        r = table.add(record(amount=None))
+        r = table.add(record(amount=None), created=True)
         assert r.request is not None
         assert table.spent == r.request.estimated_cost
         table.set_amount(r, Decimal("0.5"))
@@ -100,7 +98,7 @@ class TestJobTable:
 
     def test_a_refund_is_taken_off_once(self) -> None:
         table = JobTable()
-        r = table.add(record())
+        r = table.add(record(), created=True)
         r.snapshot = snapshot(3, refunded=True)
         table.transition(r, JobState.FAILED)
         again = table.get(r.id)
@@ -113,7 +111,7 @@ class TestJobTable:
     def test_refund_subtracted_on_refunded_failure(self) -> None:
         """A failed job that was refunded no longer counts as spent."""
         table = JobTable()
-        r = table.add(record())
+        r = table.add(record(), created=True)
         r.snapshot = snapshot(3, refunded=True)
         table.transition(r, JobState.FAILED)
         assert table.spent == Decimal(0)
@@ -122,7 +120,7 @@ class TestJobTable:
     def test_done_callbacks_run_once_at_the_end(self) -> None:
         """Callbacks run once when the job ends, and at once when added to an ended job."""
         table = JobTable()
-        r = table.add(record())
+        r = table.add(record(), created=True)
         seen: list[JobState] = []
         r.add_done_callback(lambda rec: seen.append(rec.state))
         table.transition(r, JobState.RUNNING)
@@ -134,9 +132,9 @@ class TestJobTable:
     def test_old_finished_records_are_dropped_unfinished_kept(self) -> None:
         """Beyond max_finished, the oldest finished jobs go; unfinished ones never do."""
         table = JobTable(max_finished=2)
-        waiting = table.add(record("w"))
+        waiting = table.add(record("w"), created=True)
         for i in range(5):
-            r = table.add(record(f"f{i}"))
+            r = table.add(record(f"f{i}"), created=True)
             table.transition(r, JobState.SUCCEEDED)
         assert "w" in table
         assert [r.id for r in table if r.is_terminal] == ["f3", "f4"]
@@ -146,7 +144,7 @@ class TestJobTable:
     def test_detach_wakes_waiters_and_resume_brings_back(self) -> None:
         """Detaching wakes callbacks; resuming makes the job wait again."""
         table = JobTable()
-        r = table.add(record())
+        r = table.add(record(), created=True)
         woken: list[JobState] = []
         r.add_done_callback(lambda rec: woken.append(rec.state))
         table.detach(r)
@@ -160,7 +158,7 @@ class TestJobTable:
         """Subscribers see every change; a full buffer drops events instead of blocking."""
         table = JobTable()
         events = table.subscribe(max_buffer=2)
-        r = table.add(record())
+        r = table.add(record(), created=True)
         table.transition(r, JobState.RUNNING)
         table.transition(r, JobState.SUCCEEDED)  # third event: dropped, not blocking
         assert table.events_dropped == 1
