@@ -40,9 +40,6 @@ from ._errors import (
 )
 from ._media import image_input
 from ._models import (
-    DEFAULT_JOB_TIMEOUT,
-    MODEL_ID,
-    PRICE_PER_SECOND,
     BatchItem,
     ImageToVideo,
     Job,
@@ -53,6 +50,7 @@ from ._models import (
 )
 from ._poller import QueryBudget, RateLimiter
 from ._retry import RetryEvent
+from ._spec import DEFAULT_JOB_TIMEOUT, MODEL_ID, PRICE_PER_SECOND
 from ._table import JobEvent, JobRecord, JobState, JobTable
 
 try:

@@ -40,6 +40,14 @@ from ._client import AsyncShortWan
 from ._config import DEFAULT_POLL, PollPolicy
 from ._errors import ConfigurationError, InvalidRequestError, ShortWanError
 from ._models import ImageToVideo, JobSnapshot
+from ._spec import (
+    DEFAULT_DURATION,
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_RESOLUTION,
+    MAX_DURATION,
+    MIN_DURATION,
+    RESOLUTIONS,
+)
 from .testing import fast_poll
 from .testing._process import FAULT_LEVELS, serve_forever
 
@@ -102,7 +110,7 @@ def _timeout_option(what: str) -> Callable[[_F], _F]:
     return click.option(
         "--timeout",
         type=float,
-        default=900,
+        default=DEFAULT_JOB_TIMEOUT,
         show_default=True,
         callback=_seconds,
         help=f"Seconds to wait {what} (> 0; 'inf' waits without limit).",
@@ -153,8 +161,14 @@ def main(
 @click.argument("image")
 @click.option("-p", "--prompt", help="What should happen in the video.")
 @click.option("--negative-prompt", help="What should not.")
-@click.option("-d", "--duration", type=click.IntRange(2, 15), default=5, show_default=True)
-@click.option("-r", "--resolution", type=click.Choice(["720p", "1080p"]), default="1080p")
+@click.option(
+    "-d",
+    "--duration",
+    type=click.IntRange(MIN_DURATION, MAX_DURATION),
+    default=DEFAULT_DURATION,
+    show_default=True,
+)
+@click.option("-r", "--resolution", type=click.Choice(RESOLUTIONS), default=DEFAULT_RESOLUTION)
 @click.option("--last-frame", help="Image path or URL for the last frame.")
 @click.option("--audio-url", help="WAV or MP3 URL to drive the video.")
 @click.option("--prompt-extend/--no-prompt-extend", default=False)

@@ -48,8 +48,9 @@ from ._errors import (
     SubmissionUncertainError,
     quoted,
 )
-from ._media import image_input_or_problem
+from ._media import image_input_or_problem, is_remote
 from ._models import BatchItem, ImageToVideo, Outcome
+from ._spec import DEFAULT_JOB_TIMEOUT, PRICE_PER_SECOND
 from ._table import JobState
 from .journal import Journal
 
@@ -137,7 +138,7 @@ def _parse(number: int, text: str, base: Path) -> Line:
         output = None
     for name in _IMAGE_FIELDS:
         value = args.get(name)
-        if isinstance(value, str) and not value.startswith(("http://", "https://", "data:")):
+        if isinstance(value, str) and not is_remote(value):
             # A local path, relative to the file that names it.
             value, problem = image_input_or_problem(base / value, name=name)
             if problem is not None:
@@ -243,7 +244,7 @@ class BatchOptions:
     concurrency: int = 16
     max_spend: Decimal | None = None
     retry_uncertain: bool = False
-    timeout: float | None = 900.0
+    timeout: float | None = DEFAULT_JOB_TIMEOUT
     poll: PollPolicy = DEFAULT_POLL
 
 
@@ -567,7 +568,7 @@ def dry_run(source: Path, out: Path, console: Console, err: Console) -> int:
         _print_problem(err, line)
     console.print(
         f"{count} valid requests, {len(bad)} invalid; estimated cost ${cost:.3f} "
-        f"(at $0.085 per second of video). Nothing was sent.",
+        f"(at ${PRICE_PER_SECOND} per second of video). Nothing was sent.",
         highlight=False,
     )
     return EXIT_FAILED if bad else EXIT_OK

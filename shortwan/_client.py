@@ -34,7 +34,6 @@ from ._engine import Engine
 from ._errors import ConfigurationError, DownloadError, InvalidRequestError
 from ._http import Transport
 from ._models import (
-    DEFAULT_JOB_TIMEOUT,
     ImageToVideo,
     Job,
     JobSnapshot,
@@ -45,6 +44,7 @@ from ._models import (
 )
 from ._poller import QueryBudget
 from ._retry import RetryHook
+from ._spec import DEFAULT_JOB_TIMEOUT
 from ._table import JobTable
 
 if TYPE_CHECKING:

@@ -8,23 +8,36 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeGuard
 
 from ._errors import InvalidRequestError, quoted
-from ._models import MAX_IMAGE_BYTES
+from ._spec import (
+    IMAGE_FORMATS,
+    MAX_IMAGE_ASPECT,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+)
 
-__all__ = ["image_input"]
+__all__ = [
+    "check_image_bytes",
+    "image_input",
+    "image_input_or_problem",
+    "is_remote",
+    "oversize_problem",
+]
 
-MIN_SIDE: Final = 240
-MAX_SIDE: Final = 8000
-MAX_ASPECT: Final = 8.0
-_MEDIA_TYPES: Final = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "BMP": "image/bmp",
-    "WEBP": "image/webp",
-}
 _REMOTE_PREFIXES: Final = ("http://", "https://", "data:")
+
+
+def is_remote(source: object) -> TypeGuard[str]:
+    """Return whether ``source`` is sent to the service as it is: a URL or a data URI, no file."""
+    return isinstance(source, str) and source.startswith(_REMOTE_PREFIXES)
+
+
+def oversize_problem(name: str, size: int) -> str:
+    """Return the problem of an image of ``size`` bytes, over the limit."""
+    return f"{name}: image is {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}"
 
 
 def image_input(source: str | os.PathLike[str] | bytes, *, name: str = "image") -> str:
@@ -47,7 +60,7 @@ def image_input(source: str | os.PathLike[str] | bytes, *, name: str = "image") 
         InvalidRequestError: the image breaks a rule, cannot be read or decoded, or Pillow is not
             installed.
     """
-    if isinstance(source, str) and source.startswith(_REMOTE_PREFIXES):
+    if is_remote(source):
         raise InvalidRequestError([f"{name}: image_input takes a local file, not a URL"])
     uri, problem = image_input_or_problem(source, name=name)
     if problem is not None:
@@ -65,7 +78,7 @@ def image_input_or_problem(
     """
     if source is None:
         return None, None
-    if isinstance(source, str) and source.startswith(_REMOTE_PREFIXES):
+    if is_remote(source):
         return source, None
     if isinstance(source, bytes):
         data = source
@@ -73,7 +86,7 @@ def image_input_or_problem(
         data, problem = _read_image_file(source, name)
         if problem is not None:
             return None, problem
-    media_type, problem = _check_image(data, name)
+    media_type, problem = check_image_bytes(data, name)
     if problem is not None or media_type is None:
         return None, problem
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", None
@@ -98,7 +111,7 @@ def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, 
             if not stat.S_ISREG(info.st_mode):
                 return b"", f"{name}: {shown} is not a regular file (it changed while read)"
             if info.st_size > MAX_IMAGE_BYTES:
-                return b"", _too_big(name, info.st_size)
+                return b"", oversize_problem(name, info.st_size)
             # One byte past the limit tells a file that grew since its size was read.
             data = handle.read(MAX_IMAGE_BYTES + 1)
     except OSError as exc:
@@ -110,12 +123,14 @@ def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, 
     return data, None
 
 
-def _too_big(name: str, size: int) -> str:
-    return f"{name}: image is {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}"
+def check_image_bytes(data: bytes, name: str) -> tuple[str | None, str | None]:
+    """Check an image's bytes against the service's rules.
 
+    Works on bytes alone, wherever they came from (a file, a decoded data URI), and needs Pillow.
 
-def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
-    """Return ``(media type, None)`` for a good image, ``(None, first rule broken)`` otherwise."""
+    Returns:
+        ``(media type, None)`` for a good image, ``(None, first rule broken)`` otherwise.
+    """
     try:
         from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - optional dependency
     except ImportError:
@@ -124,7 +139,7 @@ def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
             "pip install 'shortwan[media]'"
         )
     if len(data) > MAX_IMAGE_BYTES:
-        return None, _too_big(name, len(data))
+        return None, oversize_problem(name, len(data))
     try:
         with warnings.catch_warnings():
             # Our own side limit refuses huge images before any pixel is decoded.
@@ -132,18 +147,19 @@ def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
             with Image.open(io.BytesIO(data)) as image:
                 fmt = image.format
                 width, height = image.size
-                if fmt not in _MEDIA_TYPES:
-                    allowed = ", ".join(_MEDIA_TYPES)
+                if fmt not in IMAGE_FORMATS:
+                    allowed = ", ".join(IMAGE_FORMATS)
                     return (
                         None,
                         f"{name}: format {fmt or 'unknown'} is not accepted (allowed: {allowed})",
                     )
                 for side, value in (("width", width), ("height", height)):
-                    if not MIN_SIDE <= value <= MAX_SIDE:
+                    if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
                         return None, (
-                            f"{name}: {side} is {value} px, it must be {MIN_SIDE} to {MAX_SIDE} px"
+                            f"{name}: {side} is {value} px, it must be "
+                            f"{MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} px"
                         )
-                if max(width, height) > MAX_ASPECT * min(width, height):
+                if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
                     return None, (f"{name}: aspect ratio {width}:{height} is outside 1:8 to 8:1")
                 # Every pixel is decoded, so a damaged or cut-off file is refused before it is
                 # paid for, not by the service after.
@@ -157,7 +173,7 @@ def _check_image(data: bytes, name: str) -> tuple[str | None, str | None]:
         # IndexError, OSError, ValueError, …): all mean the same thing here.
         reason = str(exc) or type(exc).__name__
         return None, f"{name}: not a readable image (damaged or cut off: {reason})"
-    return _MEDIA_TYPES[fmt], None
+    return IMAGE_FORMATS[fmt], None
 
 
 def _has_transparency(image: object) -> bool:

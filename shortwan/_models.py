@@ -12,16 +12,32 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Protocol
+from typing import Any, ClassVar, Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
 
 from ._errors import InvalidRequestError, ShortWanError
+from ._media import image_input_or_problem, oversize_problem
+from ._spec import (
+    ACCEPTED_COMBINATIONS,
+    DEFAULT_DURATION,
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_RESOLUTION,
+    IMAGE_MEDIA_TYPES,
+    MAX_DURATION,
+    MAX_IMAGE_BYTES,
+    MAX_NEGATIVE_PROMPT,
+    MAX_PROMPT,
+    MEDIA_FIELDS,
+    MIN_DURATION,
+    MODEL_ID,
+    RESOLUTIONS,
+    Resolution,
+    estimated_cost,
+)
 
 __all__ = [
-    "MODEL_ID",
-    "PRICE_PER_SECOND",
     "BatchItem",
     "ImageToVideo",
     "Job",
@@ -31,39 +47,8 @@ __all__ = [
     "Video",
 ]
 
-MODEL_ID: Final = "alibaba/wan-2.7/image-to-video"
-PRICE_PER_SECOND: Final = Decimal("0.085")
-
-DEFAULT_JOB_TIMEOUT: Final = 900.0
-"""How long waiting for one job lasts unless the caller says otherwise: jobs take 30 s to 10 min."""
-
 MAX_JOB_ID: Final = 256
-MAX_PROMPT: Final = 5000
-MAX_NEGATIVE_PROMPT: Final = 500
-MIN_DURATION: Final = 2
-MAX_DURATION: Final = 15
-RESOLUTIONS: Final = ("720p", "1080p")
-# The documented image limit, taken as decimal megabytes: the stricter reading, so nothing we accept
-# can be refused for its size after the money is spent.
-MAX_IMAGE_BYTES: Final = 20_000_000
-IMAGE_MEDIA_TYPES: Final = ("image/jpeg", "image/png", "image/bmp", "image/webp")
 
-Resolution = Literal["720p", "1080p"]
-
-_MEDIA_FIELDS: Final = (
-    "first_frame_image",
-    "last_frame_image",
-    "driving_audio_url",
-    "first_clip_video_url",
-)
-_ACCEPTED_COMBINATIONS: Final = (
-    frozenset({"first_frame_image"}),
-    frozenset({"first_frame_image", "driving_audio_url"}),
-    frozenset({"first_frame_image", "last_frame_image"}),
-    frozenset({"first_frame_image", "last_frame_image", "driving_audio_url"}),
-    frozenset({"first_clip_video_url"}),
-    frozenset({"first_clip_video_url", "last_frame_image"}),
-)
 _DATA_URI = re.compile(r"data:(?P<type>image/[a-z0-9.+-]+);base64,(?P<payload>.*)", re.DOTALL)
 
 
@@ -98,7 +83,7 @@ def _image_problem(name: str, value: str) -> str | None:
     # Decoded size from the encoded length, so a 27 MB string is not decoded just to be measured.
     size = len(payload) * 3 // 4 - payload[-2:].count("=")
     if size > MAX_IMAGE_BYTES:
-        return f"{name}: image is {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}"
+        return oversize_problem(name, size)
     try:
         base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -147,8 +132,8 @@ class ImageToVideo:
 
     prompt: str | None = None
     negative_prompt: str | None = None
-    resolution: Resolution = "1080p"
-    duration: int = 5
+    resolution: Resolution = DEFAULT_RESOLUTION
+    duration: int = DEFAULT_DURATION
     prompt_extend: bool = False
     first_frame_image: str | None = None
     last_frame_image: str | None = None
@@ -171,7 +156,8 @@ class ImageToVideo:
                 f"negative_prompt is {len(negative)} characters, the limit is {MAX_NEGATIVE_PROMPT}"
             )
         if self.resolution not in RESOLUTIONS:
-            problems.append(f"resolution must be '720p' or '1080p', got {self.resolution!r}")
+            allowed = " or ".join(repr(r) for r in RESOLUTIONS)
+            problems.append(f"resolution must be {allowed}, got {self.resolution!r}")
         duration = self.duration
         if isinstance(duration, bool) or not isinstance(duration, int):
             problems.append(f"duration must be a whole number of seconds, got {duration!r}")
@@ -184,7 +170,7 @@ class ImageToVideo:
             problems.append(f"prompt_extend must be true or false, got {extend!r}")
 
         present: set[str] = set()
-        for name in _MEDIA_FIELDS:
+        for name in MEDIA_FIELDS:
             value = _optional_str(name, getattr(self, name), problems)
             if value is None:
                 continue
@@ -195,8 +181,8 @@ class ImageToVideo:
                 problem = _url_problem(name, value)
             if problem is not None:
                 problems.append(problem)
-        if present and frozenset(present) not in _ACCEPTED_COMBINATIONS:
-            given = " + ".join(n for n in _MEDIA_FIELDS if n in present)
+        if present and frozenset(present) not in ACCEPTED_COMBINATIONS:
+            given = " + ".join(n for n in MEDIA_FIELDS if n in present)
             problems.append(f"{given} is not an accepted input combination; {_COMBINATIONS_TEXT}")
         elif not present:
             problems.append(f"no input media given; {_COMBINATIONS_TEXT}")
@@ -205,7 +191,7 @@ class ImageToVideo:
     @property
     def estimated_cost(self) -> Decimal:
         """Return what the service will charge for this request, in USD."""
-        return PRICE_PER_SECOND * self.duration
+        return estimated_cost(self.duration)
 
     @classmethod
     def from_files(
@@ -226,8 +212,6 @@ class ImageToVideo:
         Raises:
             InvalidRequestError: listing every broken rule, of the images and of the other args.
         """
-        from ._media import image_input_or_problem  # noqa: PLC0415 - Pillow is optional
-
         problems: list[str] = []
         frames: dict[str, Any] = {}
         for name, source in (
@@ -249,7 +233,7 @@ class ImageToVideo:
 
 
 _COMBINATIONS_TEXT: Final = "accepted: " + "; ".join(
-    " + ".join(n for n in _MEDIA_FIELDS if n in combo) for combo in _ACCEPTED_COMBINATIONS
+    " + ".join(n for n in MEDIA_FIELDS if n in combo) for combo in ACCEPTED_COMBINATIONS
 )
 
 
