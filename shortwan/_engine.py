@@ -319,10 +319,16 @@ class Engine:
                 receiver.bind(token, record)
         return record
 
+    # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
+
     def confirm(self, record: JobRecord) -> None:
         """Ask about ``record`` now (a callback said it ended); duplicates fold into one query."""
         if not record.is_terminal and record.state is not JobState.DETACHED:
             self.poller.schedule(record, 0.0)
+
+    def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
+        """Take ``snapshot`` (a trusted callback's body) as the latest answer about ``record``."""
+        self.poller.apply(record, snapshot)
 
     def adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
         """Take over the job a lost create made, once a query confirms it exists."""

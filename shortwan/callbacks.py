@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -33,7 +33,7 @@ from ._errors import ConfigurationError, MalformedResponseError
 from ._models import ImageToVideo
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._models import JobSnapshot
     from ._table import JobRecord
 
 __all__ = ["DEFAULT_PATH_PREFIX", "CallbackReceiver"]
@@ -53,6 +53,29 @@ _TOO_LARGE: Final = b'{"error":"body too large"}'
 ASGIScope = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class CallbackTarget(Protocol):
+    """What the receiver asks of the client whose create carried a token (its engine).
+
+    This is the whole boundary between the two: the receiver keeps one target per token, calls
+    these three methods and nothing else, and compares targets only by identity (to drop a closing
+    client's tokens). A target may be asked from the receiver's request handler, so no method may
+    block: each one schedules what it needs and returns.
+    """
+
+    def confirm(self, record: JobRecord) -> None:
+        """Ask the service about ``record`` soon: a callback said it ended (a hint, not proof)."""
+
+    def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
+        """Take ``snapshot``, read from a trusted callback body, as the latest answer about it."""
+
+    def adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
+        """Confirm ``job_id`` by query and track it: the create of ``request`` lost its answer.
+
+        Once the job is tracked, the target binds it to ``token`` (:meth:`CallbackReceiver.bind`);
+        if it cannot be confirmed, the target calls :meth:`CallbackReceiver.keep_uncertain`.
+        """
 
 
 def _digest(token: str) -> bytes:
@@ -75,7 +98,7 @@ class _Listener:
         "uncertain",
     )
 
-    def __init__(self, token: str, engine: Engine, request: ImageToVideo) -> None:
+    def __init__(self, token: str, engine: CallbackTarget, request: ImageToVideo) -> None:
         self.token = token
         self.engine = engine
         self.request = request
@@ -315,7 +338,9 @@ class CallbackReceiver:
             return 413, _TOO_LARGE
         return 200, _ACCEPTED
 
-    def _resolve(self, engine: Engine, record: JobRecord, data: dict[str, Any] | None) -> None:
+    def _resolve(
+        self, engine: CallbackTarget, record: JobRecord, data: dict[str, Any] | None
+    ) -> None:
         if not self.confirm and data is not None:
             try:
                 snapshot = snapshot_from_data(data, job_id=record.id)
@@ -327,7 +352,7 @@ class CallbackReceiver:
                 and snapshot.id == record.id
                 and (snapshot.urls or not snapshot.succeeded)
             ):
-                engine.poller.apply(record, snapshot)
+                engine.apply(record, snapshot)
                 return
         engine.confirm(record)
 
@@ -341,7 +366,7 @@ class CallbackReceiver:
 
     # --- the engine's side ---------------------------------------------------------------------
 
-    def register(self, engine: Engine, request: ImageToVideo) -> tuple[str, str]:
+    def register(self, engine: CallbackTarget, request: ImageToVideo) -> tuple[str, str]:
         """Make a token for a create about to be sent; return it and its callback URL."""
         base = self.url
         if base is None:
@@ -387,7 +412,7 @@ class CallbackReceiver:
         """Stop listening on ``token``."""
         self._listeners.pop(_digest(token), None)
 
-    def forget_engine(self, engine: Engine) -> None:
+    def forget_engine(self, engine: CallbackTarget) -> None:
         """Drop every token of a client that is closing."""
         lost = 0
         for key, listener in list(self._listeners.items()):
