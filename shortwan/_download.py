@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -26,11 +25,12 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import anyio
+import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._config import RetryPolicy, Timeouts
 from ._errors import DownloadError, quoted
-from ._retry import RetryEvent, RetryHook, backoff_delay, notify_retry
+from ._retry import AttemptFailed, RetryHook, Retrying, Safety
 
 __all__ = ["Downloader", "output_target", "part_path", "resolve_dest", "safe_name"]
 
@@ -143,10 +143,9 @@ def part_path(dest: Path, *, job_id: str | None, url: str) -> Path:
     return dest.with_name(f"{dest.name}.{digest}.part")
 
 
-class _Retry(Exception):  # noqa: N818 - internal signal
-    def __init__(self, error: DownloadError) -> None:
-        super().__init__(str(error))
-        self.error = error
+def _failed(error: DownloadError) -> AttemptFailed:
+    """Return the failure of one attempt: an expired URL does not come back by asking again."""
+    return AttemptFailed(error, Safety.FINAL if error.status in _EXPIRED else Safety.UNCERTAIN)
 
 
 class _Turn:
@@ -170,7 +169,10 @@ class Downloader:
     ) -> None:
         self._session = session
         self._timeouts = timeouts
-        self._retry = retry
+        # A file takes longer than an API answer: the retries of one get ten times the time.
+        self._retry = (
+            retry if retry.timeout is None else attrs.evolve(retry, timeout=10 * retry.timeout)
+        )
         self._limit: anyio.Semaphore | None = None
         self._max_concurrent = max_concurrent
         self._turns: dict[Path, _Turn] = {}
@@ -247,64 +249,47 @@ class Downloader:
         _check_url(url, job_id)
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         part = part_path(dest, job_id=job_id, url=url)
-        policy = self._retry
-        started = time.monotonic()
-        deadline = None if policy.timeout is None else started + 10 * policy.timeout
-        attempt = 0
+        retrying = Retrying(
+            self._retry,
+            operation="download",
+            name="the download",
+            job_id=job_id,
+            on_retry=self.on_retry,
+        )
         refreshed = False
-        while True:
-            try:
-                complete = await self._attempt(url, part, job_id)
-            except _Retry as retry:
-                attempt += 1
-                error = retry.error
-                if error.status in _EXPIRED and refresh is not None and not refreshed:
-                    refreshed = True
-                    try:
-                        fresh = await refresh()
-                    except Exception as exc:
-                        raise DownloadError(
-                            f"the download URL expired and getting a fresh one failed: {exc}",
-                            url=url,
-                            status=error.status,
-                            job_id=job_id,
-                        ) from exc
-                    if fresh and fresh != url:
-                        logger.info(
-                            "download URL expired, got a fresh one", extra={"job_id": job_id}
-                        )
-                        url = fresh
-                        _check_url(url, job_id)
-                        continue
-                if error.status in _EXPIRED or attempt >= policy.attempts:
-                    raise error from retry.__cause__
-                delay = backoff_delay(policy, attempt)
-                if deadline is not None and time.monotonic() + delay > deadline:
-                    raise error from retry.__cause__
-                notify_retry(
-                    self.on_retry,
-                    RetryEvent(
-                        operation="download",
-                        job_id=job_id,
-                        attempt=attempt,
-                        delay=delay,
-                        error=error,
-                    ),
-                )
-                logger.info(
-                    "download failed, resuming in %.2f s: %s",
-                    delay,
-                    error,
-                    extra={"job_id": job_id, "attempt": attempt},
-                )
-                await anyio.sleep(delay)
-                continue
-            if not complete:
-                # Each short range adds at least one byte, so this ends at the total.
+
+        async def attempt() -> Path:
+            # Each short range adds at least one byte, so this ends at the total.
+            while not await self._attempt(url, part, job_id):
                 logger.debug("the server sent part of the range; asking for the rest")
-                continue
             await anyio.to_thread.run_sync(_finish, part, dest)
             return dest
+
+        async def after_failure(_retrying: Retrying, failure: AttemptFailed) -> bool:
+            # An expired URL is refreshed once, by asking about the job again.
+            nonlocal url, refreshed
+            error = failure.error
+            status = error.status if isinstance(error, DownloadError) else None
+            if status not in _EXPIRED or refresh is None or refreshed:
+                return False
+            refreshed = True
+            try:
+                fresh = await refresh()
+            except Exception as exc:
+                raise DownloadError(
+                    f"the download URL expired and getting a fresh one failed: {exc}",
+                    url=url,
+                    status=status,
+                    job_id=job_id,
+                ) from exc
+            if not fresh or fresh == url:
+                return False
+            logger.info("download URL expired, got a fresh one", extra={"job_id": job_id})
+            url = fresh
+            _check_url(url, job_id)
+            return True
+
+        return await retrying.call(attempt, after_failure=after_failure)
 
     async def _attempt(self, url: str, part: Path, job_id: str | None) -> bool:
         """Fetch what ``part`` lacks; return whether it now holds the whole file."""
@@ -326,7 +311,7 @@ class Downloader:
                     if total == have:
                         return True  # the part file already holds every byte
                     await anyio.to_thread.run_sync(_truncate, part)
-                    raise _Retry(
+                    raise _failed(
                         DownloadError("resume refused; restarting", url=url, job_id=job_id)
                     )
                 if status == 206 and have:
@@ -334,7 +319,7 @@ class Downloader:
                     span = _span_of(content_range)
                     if span is None or span[0] != have:
                         await anyio.to_thread.run_sync(_truncate, part)
-                        raise _Retry(
+                        raise _failed(
                             DownloadError(
                                 f"the server resumed with an unusable range {content_range!r};"
                                 " restarting",
@@ -352,7 +337,7 @@ class Downloader:
                     complete = True
                     append = False
                 else:
-                    raise _Retry(
+                    raise _failed(
                         DownloadError(
                             f"download answered HTTP {status}",
                             url=url,
@@ -363,7 +348,7 @@ class Downloader:
                 await self._stream(response, part, append=append, expected=expected, job_id=job_id)
                 return complete
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Retry(
+            raise _failed(
                 DownloadError(
                     f"download interrupted: {str(exc) or type(exc).__name__}",
                     url=url,
@@ -388,7 +373,7 @@ class Downloader:
             location = response.headers.get("Location")
             response.release()
             if not location:
-                raise _Retry(DownloadError("redirect without a Location", url=url, job_id=job_id))
+                raise _failed(DownloadError("redirect without a Location", url=url, job_id=job_id))
             target = urljoin(url, location)
             if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
                 raise DownloadError(
@@ -450,7 +435,7 @@ class Downloader:
                 await anyio.to_thread.run_sync(handle.close)
         written = writer.written
         if expected is not None and written != expected:
-            raise _Retry(
+            raise _failed(
                 DownloadError(
                     f"got {written:,} bytes of {expected:,} (resume offset {start:,})",
                     url=str(response.url),

@@ -3,12 +3,15 @@
 It knows nothing of jobs beyond the two calls of the protocol. Every aiohttp and json exception
 is translated here into the tree of ``_errors`` (kept as ``__cause__``), and every failure is
 classed by what it proves about the service's side effects (``_retry.Safety``), which decides
-whether a create may be sent again.
+whether a create may be sent again. The retries themselves are ``_retry.Retrying``'s; this module
+hooks into them before each attempt (the client-wide pause after a 429) and after each failed
+one (a 429 slows the query budget and starts that pause).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -32,19 +35,11 @@ from ._errors import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
-    ShortWanError,
     SubmissionUncertainError,
     TransportError,
     snippet,
 )
-from ._retry import (
-    RetryEvent,
-    RetryHook,
-    Safety,
-    backoff_delay,
-    notify_retry,
-    parse_retry_after,
-)
+from ._retry import AttemptFailed, RetryHook, Retrying, Safety, parse_retry_after
 
 __all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
 
@@ -53,26 +48,6 @@ logger = logging.getLogger("shortwan")
 CREATE_PATH: Final = "/api/v1/job/create"
 QUERY_PATH: Final = "/api/v1/job/query"
 CODE_UPSTREAM_UNAVAILABLE: Final = 3000
-
-
-class _Failure(Exception):  # noqa: N818 - internal signal, never raised to callers
-    """One failed attempt: the SDK error to raise and what it proves about side effects."""
-
-    def __init__(
-        self,
-        error: ShortWanError,
-        safety: Safety,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.safety = safety
-        self.retry_after = retry_after
-
-    @property
-    def transient(self) -> bool:
-        return self.safety is not Safety.FINAL
 
 
 def _message(body: Mapping[str, Any]) -> str | None:
@@ -89,7 +64,7 @@ def _api_error(
     text: str | None,
     body: str | None,
     retry_after: float | None,
-) -> _Failure:
+) -> AttemptFailed:
     """Map a rejection (an envelope with code != 0, or an HTTP error status) to a failure."""
     detail = text or (f"code {code}" if code is not None else f"HTTP {status}")
     where = f"HTTP {status}" + (f", code {code}" if code is not None else "")
@@ -98,26 +73,26 @@ def _api_error(
     error: APIError
     explicit = code is not None and code != 0
     if status in (401, 403):
-        return _Failure(AuthenticationError(message, **kwargs), Safety.FINAL)
+        return AttemptFailed(AuthenticationError(message, **kwargs), Safety.FINAL)
     if status == 402:
-        return _Failure(InsufficientBalanceError(message, **kwargs), Safety.FINAL)
+        return AttemptFailed(InsufficientBalanceError(message, **kwargs), Safety.FINAL)
     if status == 429:
         error = RateLimitError(message, retry_after=retry_after, **kwargs)
-        return _Failure(error, Safety.NOT_SENT, retry_after=retry_after)
+        return AttemptFailed(error, Safety.NOT_SENT, retry_after=retry_after)
     if status == 503 or code == CODE_UPSTREAM_UNAVAILABLE:
         error = ServiceUnavailableError(message, **kwargs)
-        return _Failure(error, Safety.NOT_SENT, retry_after=retry_after)
+        return AttemptFailed(error, Safety.NOT_SENT, retry_after=retry_after)
     if status in (400, 404, 405, 409, 413, 422):
-        return _Failure(BadRequestError(message, **kwargs), Safety.FINAL)
+        return AttemptFailed(BadRequestError(message, **kwargs), Safety.FINAL)
     if status == 408 or status >= 500:
         # A 5xx carrying the envelope with code != 0 is the service's own refusal: nothing was made.
         safety = Safety.NOT_SENT if explicit else Safety.UNCERTAIN
-        return _Failure(ServerError(message, **kwargs), safety, retry_after=retry_after)
-    return _Failure(APIError(message, **kwargs), Safety.FINAL)
+        return AttemptFailed(ServerError(message, **kwargs), safety, retry_after=retry_after)
+    return AttemptFailed(APIError(message, **kwargs), Safety.FINAL)
 
 
 def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
-    """Return the ``data`` object of a successful answer, or raise :class:`_Failure`."""
+    """Return the ``data`` object of a successful answer, or raise :class:`AttemptFailed`."""
     try:
         parsed = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -134,7 +109,7 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
             if data is None:
                 data = {}
             if not isinstance(data, dict):
-                raise _Failure(
+                raise AttemptFailed(
                     MalformedResponseError(
                         f"'data' is {type(data).__name__}, not an object",
                         status=status,
@@ -153,27 +128,27 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
     )
     if cause is not None:
         error.__cause__ = cause
-    raise _Failure(error, Safety.UNCERTAIN)
+    raise AttemptFailed(error, Safety.UNCERTAIN)
 
 
-def _client_error(exc: BaseException, timeouts: Timeouts) -> _Failure:
+def _client_error(exc: BaseException, timeouts: Timeouts) -> AttemptFailed:
     """Class an aiohttp or timeout exception by what it proves."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
-        return _Failure(TransportError(f"TLS failed: {exc}"), Safety.FINAL)
+        return AttemptFailed(TransportError(f"TLS failed: {exc}"), Safety.FINAL)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return _Failure(TransportError(f"cannot connect: {exc}"), Safety.NOT_SENT)
+        return AttemptFailed(TransportError(f"cannot connect: {exc}"), Safety.NOT_SENT)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         text = f"no connection within {timeouts.connect + timeouts.pool:g} s"
-        return _Failure(TransportError(text), Safety.NOT_SENT)
+        return AttemptFailed(TransportError(text), Safety.NOT_SENT)
     if isinstance(exc, aiohttp.SocketTimeoutError):
         text = f"no data from the service for {timeouts.read:g} s"
-        return _Failure(TransportError(text), Safety.UNCERTAIN)
+        return AttemptFailed(TransportError(text), Safety.UNCERTAIN)
     if isinstance(exc, asyncio.TimeoutError):
-        return _Failure(TransportError("the request timed out"), Safety.UNCERTAIN)
+        return AttemptFailed(TransportError("the request timed out"), Safety.UNCERTAIN)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return _Failure(TransportError("the service closed the connection"), Safety.UNCERTAIN)
+        return AttemptFailed(TransportError("the service closed the connection"), Safety.UNCERTAIN)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return _Failure(TransportError(text), Safety.UNCERTAIN)
+    return AttemptFailed(TransportError(text), Safety.UNCERTAIN)
 
 
 class Transport:
@@ -288,7 +263,7 @@ class Transport:
         *,
         params: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
-        remaining: float,
+        retrying: Retrying,
     ) -> dict[str, Any]:
         session = self.session()
         try:
@@ -298,7 +273,7 @@ class Transport:
                 params=params,
                 data=None if body is None else json.dumps(body, separators=(",", ":")),
                 headers=self._auth if body is None else self._auth_json,
-                timeout=self._attempt_timeout(remaining),
+                timeout=self._attempt_timeout(retrying.remaining()),
                 allow_redirects=False,
             ) as response:
                 raw = await response.read()
@@ -320,94 +295,42 @@ class Transport:
         job_id: str | None = None,
     ) -> dict[str, Any]:
         """Send one call with retries and return its ``data``; raise the SDK error on failure."""
-        policy = self.retry
-        started = time.monotonic()
-        deadline = math.inf if policy.timeout is None else started + policy.timeout
-        attempt = 0
-        # With retry_uncertain_creates, an earlier attempt may have made a job even when a
-        # later one is refused cleanly: the create's outcome then stays uncertain.
-        maybe_sent = False
-        while True:
-            attempt += 1
-            if self._paused_until > 0:
-                try:
-                    await self._wait_for_pause(deadline)
-                except RateLimitError as exc:
-                    if maybe_sent:
-                        raise SubmissionUncertainError(
-                            "the create request may have reached the service, and the service "
-                            f"then asked this client to pause ({exc}); the outcome is unknown",
-                        ) from exc
-                    raise
-            remaining = deadline - time.monotonic()
-            try:
-                return await self._attempt(
-                    method, path, params=params, body=body, remaining=remaining
-                )
-            except _Failure as failure:
-                error = failure.error
-                error.job_id = error.job_id or job_id
-                if isinstance(error, RateLimitError) and self.on_rate_limit is not None:
-                    self.on_rate_limit()
-                uncertain = create and failure.safety is Safety.UNCERTAIN
-                if uncertain and not policy.retry_uncertain_creates:
-                    raise SubmissionUncertainError(
-                        "the create request may have reached the service, but its answer "
-                        f"was lost ({error}); it was not resubmitted, so at most one job "
-                        "exists: check your job list before trying again",
-                    ) from error
-                maybe_sent = maybe_sent or uncertain
-                delay = self._retry_delay(failure, attempt, deadline) if failure.transient else None
-                if delay is None:
-                    if maybe_sent:
-                        raise SubmissionUncertainError(
-                            f"the create request may have reached the service ({error}); "
-                            "retries are spent or refused, so the outcome is unknown",
-                        ) from error
-                    raise error from failure.__cause__
-                notify_retry(
-                    self.on_retry,
-                    RetryEvent(
-                        operation="create" if create else "query",
-                        job_id=job_id,
-                        attempt=attempt,
-                        delay=delay,
-                        error=error,
-                    ),
-                )
-                logger.info(
-                    "retrying %s %s in %.2f s (attempt %d of %d): %s",
-                    method,
-                    path,
-                    delay,
-                    attempt + 1,
-                    policy.attempts,
-                    error,
-                    extra={"job_id": job_id, "attempt": attempt, "delay": delay},
-                )
-                await anyio.sleep(delay)
+        retrying = Retrying(
+            self.retry,
+            operation="create" if create else "query",
+            name=f"{method} {path}",
+            idempotent=not create,
+            job_id=job_id,
+            on_retry=self.on_retry,
+            rng=self._rng,
+        )
+        attempt = functools.partial(
+            self._attempt, method, path, params=params, body=body, retrying=retrying
+        )
+        return await retrying.call(
+            attempt, before_attempt=self._before_attempt, after_failure=self._after_failure
+        )
 
-    def _retry_delay(self, failure: _Failure, attempt: int, deadline: float) -> float | None:
-        """Return how long to wait before the next attempt, or None to give up."""
-        policy = self.retry
-        if attempt >= policy.attempts:
-            return None
+    async def _before_attempt(self, retrying: Retrying) -> None:
+        if self._paused_until > 0:
+            await self._wait_for_pause(retrying.deadline)
+
+    async def _after_failure(self, retrying: Retrying, failure: AttemptFailed) -> bool:
+        if not isinstance(failure.error, RateLimitError):
+            return False
+        if self.on_rate_limit is not None:
+            self.on_rate_limit()
         server_wait = failure.retry_after
-        if server_wait is not None:
-            if failure.safety is Safety.NOT_SENT and isinstance(failure.error, RateLimitError):
-                # Every call of the client holds off, for as long as asked (up to the cap): a
-                # longer wait than the cap is not a reason to keep asking at full speed.
-                pause = min(server_wait, policy.max_retry_after)
-                self._paused_until = max(self._paused_until, time.monotonic() + pause)
-            if server_wait > policy.max_retry_after:
-                # Waiting that long is not ours to decide: raise and let the caller choose.
-                return None
-            delay = 0.0 if is_testing() else server_wait
-        else:
-            delay = backoff_delay(policy, attempt, self._rng)
-        if time.monotonic() + delay >= deadline:
-            return None
-        return delay
+        if (
+            server_wait is not None
+            and failure.safety is Safety.NOT_SENT
+            and not retrying.last_attempt
+        ):
+            # Every call of the client holds off, for as long as asked (up to the cap): a longer
+            # wait than the cap is not a reason to keep asking at full speed.
+            pause = min(server_wait, self.retry.max_retry_after)
+            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        return False
 
     async def _wait_for_pause(self, deadline: float) -> None:
         if is_testing():

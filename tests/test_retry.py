@@ -12,9 +12,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shortwan import PollPolicy, RetryPolicy, Timeouts
+from shortwan import (
+    PollPolicy,
+    RateLimitError,
+    RetryEvent,
+    RetryPolicy,
+    ServerError,
+    SubmissionUncertainError,
+    Timeouts,
+    TransportError,
+)
 from shortwan._config import set_testing
-from shortwan._retry import backoff_delay, backoff_limit, parse_retry_after
+from shortwan._retry import (
+    AttemptFailed,
+    Retrying,
+    Safety,
+    backoff_delay,
+    backoff_limit,
+    parse_retry_after,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -113,3 +129,164 @@ class TestSettings:
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             policy.attempts = 9  # type: ignore[misc]
         assert attrs.evolve(policy, attempts=9).attempts == 9
+
+
+class Flaky:
+    """An attempt that fails with the given failures in turn, then returns "done"."""
+
+    def __init__(self, *failures: AttemptFailed) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "done"
+
+
+def failure(safety: Safety = Safety.UNCERTAIN, retry_after: float | None = None) -> AttemptFailed:
+    """Return a failed attempt whose cause is a dropped connection."""
+    failed = AttemptFailed(TransportError("the line dropped"), safety, retry_after=retry_after)
+    failed.__cause__ = ConnectionResetError("cut")
+    return failed
+
+
+def retrying(
+    policy: RetryPolicy | None = None, **kwargs: object
+) -> tuple[Retrying, list[RetryEvent]]:
+    events: list[RetryEvent] = []
+    options: dict[str, object] = {"operation": "query", "name": "GET /q", "job_id": "j1"}
+    options.update(kwargs)
+    retry = Retrying(policy or RetryPolicy(), on_retry=events.append, **options)  # type: ignore[arg-type]
+    return retry, events
+
+
+class TestRetrying:
+    @pytest.mark.anyio
+    async def test_retries_until_success_and_reports_each_retry(self) -> None:
+        """Two failures then a success: two events, numbered, naming the job and the cause."""
+        retry, events = retrying()
+        attempt = Flaky(failure(), failure())
+        assert await retry.call(attempt) == "done"
+        assert attempt.calls == 3
+        assert [e.attempt for e in events] == [1, 2]
+        assert {e.operation for e in events} == {"query"}
+        assert all(e.job_id == "j1" and isinstance(e.error, TransportError) for e in events)
+
+    @pytest.mark.anyio
+    async def test_gives_up_after_the_attempt_cap_with_the_cause_kept(self) -> None:
+        """With attempts=3 the third failure is raised, with the attempt's own cause."""
+        retry, events = retrying(RetryPolicy(attempts=3))
+        attempt = Flaky(*(failure() for _ in range(5)))
+        with pytest.raises(TransportError) as caught:
+            await retry.call(attempt)
+        assert attempt.calls == 3
+        assert len(events) == 2
+        assert isinstance(caught.value.__cause__, ConnectionResetError)
+        assert caught.value.job_id == "j1"
+
+    @pytest.mark.anyio
+    async def test_a_final_failure_is_not_retried(self) -> None:
+        """A failure marked FINAL ends the call at the first attempt."""
+        retry, events = retrying()
+        attempt = Flaky(failure(Safety.FINAL))
+        with pytest.raises(TransportError):
+            await retry.call(attempt)
+        assert attempt.calls == 1
+        assert events == []
+
+    @pytest.mark.anyio
+    async def test_retry_after_replaces_the_backoff(self) -> None:
+        """A server-directed wait is the wait, however large the backoff would be."""
+        set_testing(False)  # the real waits are the point here
+        policy = RetryPolicy(initial_delay=50, max_delay=50)
+        retry, events = retrying(policy)
+        assert await retry.call(Flaky(failure(retry_after=0.01))) == "done"
+        assert [e.delay for e in events] == [0.01]
+
+    @pytest.mark.anyio
+    async def test_retry_after_beyond_the_cap_gives_up_at_once(self) -> None:
+        """A Retry-After over max_retry_after is not waited for."""
+        retry, events = retrying(RetryPolicy(max_retry_after=1))
+        attempt = Flaky(failure(retry_after=5))
+        with pytest.raises(TransportError):
+            await retry.call(attempt)
+        assert attempt.calls == 1
+        assert events == []
+
+    @pytest.mark.anyio
+    async def test_a_wait_past_the_deadline_gives_up(self) -> None:
+        """No attempt is started that the deadline would cut: the wait itself would pass it."""
+        set_testing(False)
+        retry, events = retrying(RetryPolicy(timeout=0.5))
+        attempt = Flaky(failure(retry_after=0.6))
+        with pytest.raises(TransportError):
+            await retry.call(attempt)
+        assert attempt.calls == 1
+        assert events == []
+        assert 0 < retry.remaining() <= 0.5
+
+    @pytest.mark.anyio
+    async def test_an_uncertain_create_is_never_sent_again(self) -> None:
+        """A create that may have reached the service is reported uncertain, not repeated."""
+        retry, events = retrying(operation="create", idempotent=False)
+        attempt = Flaky(failure(Safety.UNCERTAIN))
+        with pytest.raises(SubmissionUncertainError, match="not resubmitted") as caught:
+            await retry.call(attempt)
+        assert attempt.calls == 1
+        assert events == []
+        assert isinstance(caught.value.__cause__, TransportError)
+
+    @pytest.mark.anyio
+    async def test_a_create_refused_after_a_maybe_sent_attempt_stays_uncertain(self) -> None:
+        """With retry_uncertain_creates, a later clean refusal cannot clear the first attempt."""
+        policy = RetryPolicy(attempts=2, retry_uncertain_creates=True)
+        retry, _events = retrying(policy, operation="create", idempotent=False)
+        refused = AttemptFailed(ServerError("busy"), Safety.NOT_SENT)
+        with pytest.raises(SubmissionUncertainError, match="retries are spent"):
+            await retry.call(Flaky(failure(Safety.UNCERTAIN), refused))
+        assert retry.maybe_sent
+
+    @pytest.mark.anyio
+    async def test_hooks_run_before_each_attempt_and_after_each_failure(self) -> None:
+        """The gate sees every attempt; the listener sees every failure with its Retry-After."""
+        retry, _events = retrying()
+        gates: list[int] = []
+        seen: list[tuple[int, float | None]] = []
+
+        async def gate(state: Retrying) -> None:
+            gates.append(state.attempt)
+
+        async def listen(state: Retrying, failed: AttemptFailed) -> bool:
+            seen.append((state.attempt, failed.retry_after))
+            return False
+
+        attempt = Flaky(failure(retry_after=0), failure())
+        await retry.call(attempt, before_attempt=gate, after_failure=listen)
+        assert gates == [1, 2, 3]
+        assert seen == [(1, 0), (2, None)]
+
+    @pytest.mark.anyio
+    async def test_a_remedied_failure_is_tried_again_at_once(self) -> None:
+        """A listener that fixed the cause gets another attempt: no wait, no event, past a final."""
+        retry, events = retrying(RetryPolicy(attempts=1))
+
+        async def fix(_state: Retrying, _failed: AttemptFailed) -> bool:
+            return True
+
+        assert await retry.call(Flaky(failure(Safety.FINAL)), after_failure=fix) == "done"
+        assert events == []
+
+    @pytest.mark.anyio
+    async def test_a_gate_refusal_after_a_maybe_sent_attempt_is_uncertain(self) -> None:
+        """A pause that ends the call cannot hide that an earlier create may have been made."""
+        policy = RetryPolicy(retry_uncertain_creates=True)
+        retry, _events = retrying(policy, operation="create", idempotent=False)
+
+        async def pause(state: Retrying) -> None:
+            if state.attempt > 1:
+                raise RateLimitError("paused past the deadline")
+
+        with pytest.raises(SubmissionUncertainError, match="pause"):
+            await retry.call(Flaky(failure(Safety.UNCERTAIN)), before_attempt=pause)
