@@ -5,7 +5,6 @@ It never pays twice, never loses a paid job and checks every request before mone
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._batch import SpendBudget, SpendCounter
 from ._client import DEFAULT_BASE_URL, AsyncShortWan
 from ._config import (
     DEFAULT_LIMITS,
@@ -51,6 +50,7 @@ from ._models import (
 from ._poller import QueryBudget, RateLimiter
 from ._retry import RetryEvent
 from ._spec import DEFAULT_JOB_TIMEOUT, MODEL_ID, PRICE_PER_SECOND
+from ._spend import SpendBudget, SpendCounter
 from ._table import JobEvent, JobRecord, JobState, JobTable
 
 try:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-import math
 import os
 import ssl
 from collections.abc import AsyncGenerator, Callable
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -18,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 
-from ._batch import Batch, RequestSource, SpendBudget, SpendCounter
+from ._batch import Batch, RequestSource
 from ._config import (
     DEFAULT_LIMITS,
     DEFAULT_POLL,
@@ -33,6 +31,7 @@ from ._download import Downloader, resolve_dest, safe_name
 from ._engine import Engine
 from ._errors import ConfigurationError, DownloadError, InvalidRequestError
 from ._http import Transport
+from ._ledger import ledger_for
 from ._models import (
     ImageToVideo,
     Job,
@@ -42,9 +41,12 @@ from ._models import (
     check_timeout,
     job_id_problem,
 )
+from ._options import DEFAULT_CONCURRENCY, BatchOptions
+from ._outputs import Outputs
 from ._poller import QueryBudget
 from ._retry import RetryHook
 from ._spec import DEFAULT_JOB_TIMEOUT
+from ._spend import SpendLimit, open_budget
 from ._table import JobTable
 
 if TYPE_CHECKING:
@@ -91,33 +93,6 @@ def _resolve_base_url(base_url: str | None) -> str:
     if parts.query or parts.fragment:
         raise ConfigurationError(f"base_url must not carry a query or fragment, got {url!r}")
     return url.rstrip("/")
-
-
-def _budget(max_spend: Decimal | str | int | SpendCounter | None) -> SpendCounter | None:
-    if max_spend is None:
-        return None
-    if isinstance(max_spend, bool):
-        raise InvalidRequestError([f"max_spend is not an amount: {max_spend!r}"])
-    if isinstance(max_spend, (Decimal, str, int)):
-        try:
-            limit = Decimal(max_spend)
-        except ArithmeticError:
-            raise InvalidRequestError([f"max_spend is not an amount: {max_spend!r}"]) from None
-        if not limit.is_finite() or limit < 0:
-            raise InvalidRequestError([f"max_spend must be a finite amount >= 0: {max_spend!r}"])
-        return SpendBudget(limit)
-    if isinstance(max_spend, float):
-        if not math.isfinite(max_spend) or max_spend < 0:
-            raise InvalidRequestError([f"max_spend must be a finite amount >= 0: {max_spend!r}"])
-        return SpendBudget(Decimal(str(max_spend)))  # 20.0 means $20.0, not 20.0000000000017
-    if not all(
-        callable(getattr(max_spend, name, None))
-        for name in ("reserve", "settle", "release", "refund")
-    ):
-        raise InvalidRequestError(
-            [f"max_spend must be an amount or a SpendCounter, got {type(max_spend).__name__}"]
-        )
-    return max_spend
 
 
 class AsyncShortWan:
@@ -326,8 +301,8 @@ class AsyncShortWan:
         self,
         requests: RequestSource,
         *,
-        concurrency: int = 16,
-        max_spend: Decimal | str | int | SpendCounter | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_spend: SpendLimit = None,
         timeout: float | None = DEFAULT_JOB_TIMEOUT,
         journal: Journal | None = None,
         resubmit_uncertain: bool = False,
@@ -362,8 +337,7 @@ class AsyncShortWan:
                 leaves the video in the outcome and a :class:`DownloadError` as its error.
         """
         self._check_open()
-        batch = await self._batch(
-            requests,
+        options = BatchOptions(
             concurrency=concurrency,
             max_spend=max_spend,
             timeout=timeout,
@@ -371,6 +345,7 @@ class AsyncShortWan:
             resubmit_uncertain=resubmit_uncertain,
             download_to=download_to,
         )
+        batch = await self._batch(requests, options)
         try:
             await self._engine.spawn(batch.run)
             receive = batch.receive  # closed by batch.stop(), which names what is left in it
@@ -396,8 +371,8 @@ class AsyncShortWan:
         self,
         requests: RequestSource,
         *,
-        concurrency: int = 16,
-        max_spend: Decimal | str | int | SpendCounter | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_spend: SpendLimit = None,
         timeout: float | None = DEFAULT_JOB_TIMEOUT,
         journal: Journal | None = None,
         resubmit_uncertain: bool = False,
@@ -408,17 +383,16 @@ class AsyncShortWan:
         Takes the arguments of :meth:`generate_many`; errors are reported in the outcomes.
         """
         self._check_open()
-        outcomes: list[Outcome] = []
-        batch = await self._batch(
-            requests,
+        options = BatchOptions(
             concurrency=concurrency,
             max_spend=max_spend,
             timeout=timeout,
             journal=journal,
             resubmit_uncertain=resubmit_uncertain,
             download_to=download_to,
-            sink=outcomes.append,
         )
+        outcomes: list[Outcome] = []
+        batch = await self._batch(requests, options, sink=outcomes.append)
         try:
             await self._engine.spawn(batch.run)
             await batch.finished.wait()
@@ -432,39 +406,32 @@ class AsyncShortWan:
     async def _batch(
         self,
         requests: RequestSource,
+        options: BatchOptions,
         *,
-        concurrency: int,
-        max_spend: Decimal | str | int | SpendCounter | None,
-        timeout: float | None,
-        journal: Journal | None,
-        resubmit_uncertain: bool,
-        download_to: str | os.PathLike[str] | None,
         sink: Callable[[Outcome], None] | None = None,
     ) -> Batch:
-        budget = _budget(max_spend)
-        if journal is not None and isinstance(budget, SpendBudget):
-            # The cap covers the whole journaled batch, not only this run of it.
-            budget.spent += await journal.spent()
+        ledger = ledger_for(options.journal)
+        budget = await open_budget(options.max_spend, spent_before=ledger.spent)
         folder = None
-        if download_to is not None:
-            folder = anyio.Path(download_to)
+        if options.download_to is not None:
+            folder = anyio.Path(options.download_to)
             await folder.mkdir(parents=True, exist_ok=True)
             folder = await folder.resolve()
 
         async def fetch(video: Video, dest: Path) -> Path:
             return await self.download(video, dest)
 
+        outputs = Outputs(
+            None if folder is None else Path(folder), fetch, claim_existing=ledger.remembers
+        )
         return Batch(
             self._engine,
             requests,
-            concurrency=concurrency,
+            options=options,
+            ledger=ledger,
             budget=budget,
-            timeout=timeout,
+            outputs=outputs,
             sink=sink,
-            journal=journal,
-            resubmit_uncertain=resubmit_uncertain,
-            download_to=None if folder is None else Path(folder),
-            fetch=fetch,
         )
 
     async def download(

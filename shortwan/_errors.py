@@ -72,6 +72,15 @@ def quoted(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "…"
 
 
+def as_shortwan(exc: Exception, what: str) -> ShortWanError:
+    """Return ``exc`` if it is a shortwan error, else a :class:`ShortWanError` caused by it."""
+    if isinstance(exc, ShortWanError):
+        return exc
+    error = ShortWanError(f"{what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
 class ShortWanError(Exception):
     """Base class of every error shortwan raises."""
 

@@ -11,8 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shortwan import ImageToVideo, JobSnapshot, JobState, JobStatus, JobTable, PollPolicy
-from shortwan._batch import SpendBudget
+from shortwan import (
+    ImageToVideo,
+    JobSnapshot,
+    JobState,
+    JobStatus,
+    JobTable,
+    PollPolicy,
+    SpendBudget,
+)
 from shortwan._poller import DurationModel, RateLimiter
 from shortwan._table import JobRecord, state_for
 
