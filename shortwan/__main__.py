@@ -8,7 +8,7 @@ import sys
 def run() -> None:
     """Start the command line, or say how to install it."""
     try:
-        from ._cli import main  # noqa: PLC0415 - the extra may be missing
+        from .cli import main  # noqa: PLC0415 - the extra may be missing
     except ModuleNotFoundError as exc:
         if exc.name not in ("click", "rich") and not (exc.name or "").startswith("rich."):
             raise

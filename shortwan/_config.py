@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_POLL",
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUTS",
+    "FAST_POLL",
     "Limits",
     "PollPolicy",
     "RetryPolicy",
@@ -208,3 +209,13 @@ class PollPolicy:
 
 
 DEFAULT_POLL: Final = PollPolicy()
+
+FAST_POLL: Final = PollPolicy(
+    min_interval=0.05,
+    max_interval=0.5,
+    prior_seconds_per_video_second=0.05,
+    max_queries_per_second=500,
+    max_concurrent_queries=32,
+)
+"""Polling at the time scale of a fake service whose jobs take seconds (``shortwan --poll fast``):
+queries 50 ms apart. The same policy as :func:`shortwan.testing.fast_poll`."""

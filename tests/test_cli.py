@@ -523,3 +523,29 @@ class TestDemoFolder:
         assert journal.read_bytes() == b"paid jobs"
         assert results_file.read_text() == "{}\n"
         assert sorted(p.name for p in out.iterdir()) == ["journal.sqlite", "results.jsonl"]
+
+
+class TestWiring:
+    def test_the_command_line_does_not_load_the_fake(self) -> None:
+        """Importing the command line (every command but fake-server and demo) loads no fake."""
+        code = "import sys, shortwan.cli; print('shortwan.testing' in sys.modules)"
+        done = subprocess.run(  # noqa: S603 - our own interpreter
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == "False"
+
+    def test_fast_polling_is_the_fakes_time_scale(self) -> None:
+        """--poll fast is the policy shortwan.testing.fast_poll() gives tests and demos."""
+        from shortwan._config import FAST_POLL
+        from shortwan.testing import fast_poll
+
+        assert fast_poll() == FAST_POLL
+
+    def test_retry_uncertain_still_names_resubmit_uncertain(self, tmp_path: Path) -> None:
+        """The former flag --retry-uncertain is accepted as --resubmit-uncertain."""
+        source = write_jsonl(tmp_path / "in.jsonl", requests(1))
+        for flag in ("--resubmit-uncertain", "--retry-uncertain"):
+            args = ("batch", str(source), "-o", str(tmp_path / "o"), flag, "--dry-run")
+            done = shortwan(*args)
+            assert done.returncode == 0, done.stderr
+            assert "1 valid requests, 0 invalid" in done.stdout

@@ -29,23 +29,27 @@ MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 def imports_of(name: str, path: Path) -> Iterator[str]:
     """Yield every module of the package that the module ``name`` imports, wherever it does."""
-    is_package = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = name.split(".")
-                # A package's own __init__ is level 1; a plain module's package is one up.
-                keep = len(parts) - node.level + (1 if is_package else 0)
-                base = ".".join(parts[:keep])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            for alias in node.names:
-                submodule = f"{target}.{alias.name}"
-                yield submodule if submodule in MODULES else target
+        yield from imports_of_node(name, path, node)
+
+
+def imports_of_node(name: str, path: Path, node: ast.AST) -> Iterator[str]:
+    """Yield the modules that ``node``, a statement of the module ``name``, imports."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            yield alias.name
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            parts = name.split(".")
+            # A package's own __init__ is level 1; a plain module's package is one up.
+            keep = len(parts) - node.level + (1 if path.name == "__init__.py" else 0)
+            base = ".".join(parts[:keep])
+            target = f"{base}.{node.module}" if node.module else base
+        else:
+            target = node.module or ""
+        for alias in node.names:
+            submodule = f"{target}.{alias.name}"
+            yield submodule if submodule in MODULES else target
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -100,10 +104,23 @@ def test_the_graph_sees_type_checking_and_function_imports() -> None:
     """Imports under TYPE_CHECKING and inside functions are edges of the graph too."""
     graph = import_graph()
     assert "shortwan.journal" in graph["shortwan._client"]  # under TYPE_CHECKING
-    assert "shortwan._cli" in graph["shortwan.__main__"]  # inside run()
+    assert "shortwan.cli" in graph["shortwan.__main__"]  # inside run()
 
 
 def test_cycle_finder_finds_a_circle() -> None:
     """The finder reports a circle of two modules and a module importing itself."""
     graph = {"a": {"b"}, "b": {"a"}, "c": {"c"}, "d": {"a"}}
     assert sorted(cycles(graph)) == [["a", "b"], ["c"]]
+
+
+def test_the_command_line_imports_the_fake_only_inside_its_commands() -> None:
+    """No module of shortwan.cli imports shortwan.testing at its top, only inside functions."""
+    checked = 0
+    for name, path in MODULES.items():
+        if not name.startswith("shortwan.cli"):
+            continue
+        checked += 1
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tops = {target for node in tree.body for target in imports_of_node(name, path, node)}
+        assert not {t for t in tops if t.startswith("shortwan.testing")}, name
+    assert checked > 3
