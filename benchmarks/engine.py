@@ -149,7 +149,7 @@ async def shortwan_batch(
 ) -> tuple[int, int]:
     async with AsyncShortWan(server.api_key, base_url=server.url, poll=poll) as client:
         ok = sum(1 for o in await client.gather(reqs, concurrency=concurrency) if o.ok)
-        return ok, client._engine.poller.queries_sent
+        return ok, client.statistics().polling.queries_sent
 
 
 def bench_overhead(quick: bool) -> Section:
@@ -226,7 +226,7 @@ async def shortwan_detect(
             assert out.ok, out.error
             assert out.job_id is not None
             detected[out.job_id] = time.monotonic()
-        return client._engine.poller.queries_sent
+        return client.statistics().polling.queries_sent
 
 
 def lag_stats(server: FakeServer, detected: dict[str, float]) -> tuple[float, float]:
@@ -421,8 +421,7 @@ async def attached_run(server: FakeServer, ids: list[str], poll: PollPolicy) -> 
         rss, cpu = rss_bytes(), time.process_time()
         for job_id in ids:
             client.attach(job_id)
-        poller = client._engine.poller
-        while poller.queries_sent < len(ids):  # noqa: ASYNC110 - a benchmark watching progress
+        while client.statistics().polling.queries_sent < len(ids):  # noqa: ASYNC110 - it watches progress
             await anyio.sleep(0.05)
         cpu_per_job = (time.process_time() - cpu) / len(ids) * 1e6
         gc.collect()

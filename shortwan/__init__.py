@@ -47,11 +47,12 @@ from ._models import (
     Outcome,
     Video,
 )
-from ._poller import QueryBudget, RateLimiter
+from ._poller import PollerStatistics, QueryBudget, RateLimiter
 from ._retry import RetryEvent
 from ._spec import DEFAULT_JOB_TIMEOUT, MODEL_ID, PRICE_PER_SECOND
 from ._spend import SpendBudget, SpendCounter
-from ._table import JobEvent, JobRecord, JobState, JobTable
+from ._stats import CallbackStatistics, ClientStatistics
+from ._table import JobEvent, JobRecord, JobState, JobTable, JobTableStatistics
 
 try:
     __version__ = version("shortwan")
@@ -64,6 +65,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchItem",
+    "CallbackStatistics",
+    "ClientStatistics",
     "ConfigurationError",
     "DEFAULT_BASE_URL",
     "DEFAULT_JOB_TIMEOUT",
@@ -84,6 +87,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "JobTable",
+    "JobTableStatistics",
     "JobTimeoutError",
     "JournalError",
     "Limits",
@@ -92,6 +96,7 @@ __all__ = [
     "Outcome",
     "PRICE_PER_SECOND",
     "PollPolicy",
+    "PollerStatistics",
     "QueryBudget",
     "RateLimitError",
     "RateLimiter",

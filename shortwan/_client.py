@@ -47,6 +47,7 @@ from ._poller import QueryBudget
 from ._retry import RetryHook
 from ._spec import DEFAULT_JOB_TIMEOUT
 from ._spend import SpendLimit, open_budget
+from ._stats import ClientStatistics
 from ._table import JobTable
 
 if TYPE_CHECKING:
@@ -189,6 +190,19 @@ class AsyncShortWan:
     def jobs(self) -> JobTable:
         """Every job this client created or attached: states, counts, spend and an event feed."""
         return self._engine.table
+
+    def statistics(self) -> ClientStatistics:
+        """Return a snapshot of the client's figures: its jobs, its polling, its callbacks.
+
+        The snapshot is frozen: it does not change as the client goes on, and changing it
+        changes nothing in the client.
+        """
+        receiver = self._engine.callbacks
+        return ClientStatistics(
+            jobs=self._engine.table.statistics(),
+            polling=self._engine.poller.statistics(),
+            callbacks=None if receiver is None else receiver.statistics(),
+        )
 
     @property
     def is_closed(self) -> bool:

@@ -1,7 +1,9 @@
-"""The wire format: one cattrs converter, lenient for answers, strict for what users send.
+"""The wire format: one cattrs converter, lenient for answers.
 
-Requests omit unset arguments. Answers ignore unknown keys and tolerate missing optional ones; a
-shape that cannot be read becomes one :class:`~shortwan.MalformedResponseError` naming each path.
+Requests omit unset arguments; the arguments users hand in are checked by
+:func:`request_from_args`, which refuses unknown keys. Answers ignore unknown keys and tolerate
+missing optional ones; a shape that cannot be read becomes one
+:class:`~shortwan.MalformedResponseError` naming each path.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ __all__ = [
     "request_from_args",
     "snapshot_from_data",
     "create_from_data",
-    "strict_converter",
     "structure_answer",
 ]
 
@@ -78,10 +79,23 @@ def _structure_bool(value: object, _type: object) -> bool:
     raise TypeError(f"expected true or false, got {value!r:.40}")
 
 
-def _base_converter(*, forbid_extra_keys: bool) -> cattrs.Converter:
-    conv = make_converter(forbid_extra_keys=forbid_extra_keys)
+def _make_converter() -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=False)
     conv.register_structure_hook(Decimal, _structure_decimal)
     conv.register_unstructure_hook(Decimal, str)
+    # Answers are lenient about scalar spellings ("2" for 2) but never read a bool as a number.
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(str, _structure_text)
+    conv.register_structure_hook(bool, _structure_bool)
+    # Optional request arguments left unset are omitted from the body, never sent as null.
+    omit_unset: dict[str, Any] = {
+        a.name: override(omit_if_default=True)
+        for a in attrs.fields(ImageToVideo)
+        if a.default is None
+    }
+    conv.register_unstructure_hook(
+        ImageToVideo, make_dict_unstructure_fn(ImageToVideo, conv, **omit_unset)
+    )
     return conv
 
 
@@ -111,30 +125,8 @@ class QueryData:
     finished_at: str | None = None
 
 
-converter: Final = _base_converter(forbid_extra_keys=False)
+converter: Final = _make_converter()
 """Lenient: reads answers, ignoring unknown keys."""
-
-strict_converter: Final = _base_converter(forbid_extra_keys=True)
-"""Strict: reads request arguments from users' files; unknown keys fail."""
-
-# Optional request arguments left unset are omitted from the body, never sent as null.
-_omit_unset: dict[str, Any] = {
-    a.name: override(omit_if_default=True) for a in attrs.fields(ImageToVideo) if a.default is None
-}
-for _conv in (converter, strict_converter):
-    # Answers are lenient about scalar spellings ("2" for 2) but never read a bool as a number.
-    _conv.register_structure_hook(int, _structure_int)
-    _conv.register_structure_hook(str, _structure_text)
-    _conv.register_unstructure_hook(
-        ImageToVideo,
-        make_dict_unstructure_fn(
-            ImageToVideo,
-            _conv,
-            **_omit_unset,
-        ),
-    )
-    _conv.register_structure_hook(bool, _structure_bool)
-del _conv
 
 
 def request_args(request: ImageToVideo) -> dict[str, Any]:

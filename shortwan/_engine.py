@@ -61,8 +61,10 @@ class Engine:
         self._slots: anyio.Semaphore | None = None
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
-        self._query_budget = query_budget
-        self._poller: Poller | None = None
+        # Built here, not on first use: it needs no running loop until run() starts it, and
+        # every 429 of the client slows its query budget from the start.
+        self._poller = Poller(table=self.table, query=self.query, policy=poll, budget=query_budget)
+        transport.on_rate_limit = self._poller.budget.slow_down
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
@@ -72,12 +74,7 @@ class Engine:
 
     @property
     def poller(self) -> Poller:
-        """The shared poller, created inside the running loop on first use."""
-        if self._poller is None:
-            self._poller = Poller(
-                table=self.table, query=self.query, policy=self.poll, budget=self._query_budget
-            )
-            self.transport.on_rate_limit = self._poller.budget.slow_down
+        """The shared poller of every job of the client."""
         return self._poller
 
     def _ensure_running(self) -> None:
@@ -179,7 +176,6 @@ class Engine:
         self,
         request: ImageToVideo,
         *,
-        track: bool = True,
         on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
         inline: bool = False,
@@ -226,7 +222,6 @@ class Engine:
             await checkpoint_if_cancelled()
             sending = self._create(
                 request,
-                track=track,
                 on_created=on_created,
                 slots=slots,
                 token=token,
@@ -265,7 +260,6 @@ class Engine:
         self,
         request: ImageToVideo,
         *,
-        track: bool,
         on_created: Callable[[JobRecord], Awaitable[None]] | None,
         slots: anyio.Semaphore | None,
         token: str | None,
@@ -313,8 +307,7 @@ class Engine:
             if on_created is not None:
                 await on_created(record)
         finally:
-            if track:
-                self.poller.track(record)
+            self.poller.track(record)
             if receiver is not None and token is not None:
                 receiver.bind(token, record)
         return record

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from ._config import PollPolicy
@@ -34,7 +35,7 @@ from ._errors import (
 from ._models import ImageToVideo, JobSnapshot
 from ._table import JobRecord, JobState, JobTable, state_for
 
-__all__ = ["DurationModel", "Poller", "QueryBudget", "RateLimiter"]
+__all__ = ["DurationModel", "Poller", "PollerStatistics", "QueryBudget", "RateLimiter"]
 
 logger = logging.getLogger("shortwan")
 
@@ -95,6 +96,23 @@ class RateLimiter:
         self._gap = min(self._MAX_GAP, self._gap * 1.5)
 
 
+@attrs.frozen(kw_only=True)
+class PollerStatistics:
+    """A snapshot of the shared poller's figures (see :meth:`Poller.statistics`).
+
+    Attributes:
+        queries_sent: status queries the poller sent and the service answered (one that
+            failed after its retries is not counted).
+        jobs_learned_from: finished jobs the running-time estimate was learned from.
+        seconds_per_video_second: the estimate now: seconds of running time per second of
+            720p video (1080p takes ``PollPolicy.resolution_factor`` times more).
+    """
+
+    queries_sent: int
+    jobs_learned_from: int
+    seconds_per_video_second: float
+
+
 class DurationModel:
     """Learns how long jobs run: seconds per "unit", a unit being one second of 720p video.
 
@@ -107,6 +125,11 @@ class DurationModel:
         self._log_estimate = math.log(policy.prior_seconds_per_video_second)
         self.samples = 0
 
+    @property
+    def seconds_per_unit(self) -> float:
+        """The estimate now: seconds of running time per second of 720p video."""
+        return math.exp(self._log_estimate)
+
     def units(self, request: ImageToVideo | None) -> float:
         if request is None:
             return 0.0
@@ -115,7 +138,7 @@ class DurationModel:
 
     def expected(self, request: ImageToVideo | None) -> float:
         """Return the expected running time of a job, in seconds (0 when nothing is known)."""
-        return math.exp(self._log_estimate) * self.units(request)
+        return self.seconds_per_unit * self.units(request)
 
     def observe(self, record: JobRecord, now: float) -> None:
         units = self.units(record.request)
@@ -175,10 +198,23 @@ class Poller:
         self._idle: deque[asyncio.Future[JobRecord]] = deque()
         # Created inside the loop by run(); schedule() before then only fills the heap.
         self._wake: asyncio.Event | None = None
-        self.queries_sent = 0
+        self._queries_sent = 0
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    @property
+    def queries_sent(self) -> int:
+        """Status queries this poller sent and the service answered."""
+        return self._queries_sent
+
+    def statistics(self) -> PollerStatistics:
+        """Return a snapshot of the poller's figures; later changes do not touch it."""
+        return PollerStatistics(
+            queries_sent=self._queries_sent,
+            jobs_learned_from=self.model.samples,
+            seconds_per_video_second=self.model.seconds_per_unit,
+        )
 
     def schedule(self, record: JobRecord, delay: float) -> None:
         """Ask about ``record`` in ``delay`` seconds (sooner than already planned, never later)."""
@@ -294,7 +330,7 @@ class Poller:
             record.querying = False
             self.schedule(record, self.policy.max_interval)
             return
-        self.queries_sent += 1
+        self._queries_sent += 1
         self.apply(record, snapshot)
 
     def _failed_query(self, record: JobRecord, exc: ShortWanError) -> None:

@@ -7,8 +7,9 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Final
 
 import anyio
@@ -18,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._errors import ShortWanError
 from ._models import ImageToVideo, JobSnapshot, JobStatus, Video
 
-__all__ = ["JobEvent", "JobRecord", "JobState", "JobTable"]
+__all__ = ["JobEvent", "JobRecord", "JobState", "JobTable", "JobTableStatistics"]
 
 logger = logging.getLogger("shortwan")
 
@@ -137,6 +138,31 @@ class JobRecord:
         await self.done_event.wait()
 
 
+@attrs.frozen(kw_only=True)
+class JobTableStatistics:
+    """A snapshot of a :class:`JobTable`'s figures (see :meth:`JobTable.statistics`).
+
+    Attributes:
+        jobs: the jobs tracked now.
+        counts: how many tracked jobs are in each state (states with none left out).
+        committed: what this client's creates were charged (estimates until a charge is known).
+        refunded: what the service gave back for failed jobs among them.
+        spent: ``committed - refunded``.
+        uncertain: creates whose outcome is unknown and whose job was not found.
+        adopted: lost creates whose job a callback found.
+        events_dropped: state changes a slow subscriber did not get.
+    """
+
+    jobs: int
+    counts: Mapping[JobState, int]
+    committed: Decimal
+    refunded: Decimal
+    spent: Decimal
+    uncertain: int
+    adopted: int
+    events_dropped: int
+
+
 def state_for(raw_status: int) -> JobState:
     """Map a status number to a state: 3 and up are failures, unknown lower numbers keep waiting."""
     if raw_status >= JobStatus.FAILED:
@@ -158,11 +184,11 @@ class JobTable:
         self._max_finished = max_finished
         self._counts: Counter[JobState] = Counter()
         self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
-        self.committed = Decimal(0)
-        self.refunded = Decimal(0)
-        self.uncertain = 0
-        self.adopted = 0
-        self.events_dropped = 0
+        self._committed = Decimal(0)
+        self._refunded = Decimal(0)
+        self._uncertain = 0
+        self._adopted = 0
+        self._events_dropped = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -189,7 +215,45 @@ class JobTable:
     @property
     def spent(self) -> Decimal:
         """What the jobs this client created were charged, refunds taken off."""
-        return self.committed - self.refunded
+        return self._committed - self._refunded
+
+    @property
+    def committed(self) -> Decimal:
+        """What the jobs this client created were charged (the estimate until it is known)."""
+        return self._committed
+
+    @property
+    def refunded(self) -> Decimal:
+        """What the service gave back for failed jobs this client created."""
+        return self._refunded
+
+    @property
+    def uncertain(self) -> int:
+        """Creates whose outcome is unknown and whose job has not been found."""
+        return self._uncertain
+
+    @property
+    def adopted(self) -> int:
+        """Lost creates whose job a callback found (now in the table)."""
+        return self._adopted
+
+    @property
+    def events_dropped(self) -> int:
+        """State changes a subscriber too slow to keep up did not get."""
+        return self._events_dropped
+
+    def statistics(self) -> JobTableStatistics:
+        """Return a snapshot of the table's figures; later changes do not touch it."""
+        return JobTableStatistics(
+            jobs=len(self._records),
+            counts=MappingProxyType(self.counts),
+            committed=self._committed,
+            refunded=self._refunded,
+            spent=self.spent,
+            uncertain=self._uncertain,
+            adopted=self._adopted,
+            events_dropped=self._events_dropped,
+        )
 
     def pending(self) -> list[JobRecord]:
         """Return the jobs that have not ended (they may still be charged or deliver a video)."""
@@ -212,7 +276,7 @@ class JobTable:
                 charge = record.request.estimated_cost
             if charge is not None:
                 record.counted = charge
-                self.committed += charge
+                self._committed += charge
         self._emit(record, None)
         if record.is_terminal:
             self._remember_finished(record)
@@ -224,17 +288,17 @@ class JobTable:
             return
         record.amount = amount
         if record.counted is not None:
-            self.committed += amount - record.counted
+            self._committed += amount - record.counted
             record.counted = amount
 
     def note_uncertain(self) -> None:
         """Count a create whose outcome is unknown."""
-        self.uncertain += 1
+        self._uncertain += 1
 
     def note_adopted(self) -> None:
         """Count an uncertain create as resolved: its job was found (and is now in the table)."""
-        self.uncertain = max(0, self.uncertain - 1)
-        self.adopted += 1
+        self._uncertain = max(0, self._uncertain - 1)
+        self._adopted += 1
 
     def transition(self, record: JobRecord, state: JobState) -> None:
         """Move ``record`` to ``state``; a finished or detached job never moves."""
@@ -248,7 +312,7 @@ class JobTable:
             refunded = state is JobState.FAILED and snapshot is not None and snapshot.refunded
             if refunded and record.counted:
                 # Only a charge counted here is taken off (a finished job never moves again).
-                self.refunded += record.counted
+                self._refunded += record.counted
             self._remember_finished(record)
             self._wake(record)
         self._emit(record, previous)
@@ -320,7 +384,7 @@ class JobTable:
             try:
                 send.send_nowait(event)
             except anyio.WouldBlock:
-                self.events_dropped += 1
+                self._events_dropped += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.remove(send)
                 send.close()

@@ -31,6 +31,7 @@ from aiohttp import web
 from ._convert import snapshot_from_data
 from ._errors import ConfigurationError, MalformedResponseError
 from ._models import ImageToVideo
+from ._stats import CallbackStatistics
 
 if TYPE_CHECKING:
     from ._models import JobSnapshot
@@ -193,8 +194,8 @@ class CallbackReceiver:
         self._port = port
         self._listeners: dict[bytes, _Listener] = {}
         self._runner: web.AppRunner | None = None
-        self.received = 0
-        self.rejected = 0
+        self._received = 0
+        self._rejected = 0
 
     def __repr__(self) -> str:
         return f"<CallbackReceiver {self.url or 'not started'} listening={len(self._listeners)}>"
@@ -319,9 +320,9 @@ class CallbackReceiver:
         """
         listener = self._listeners.get(_digest(token))
         if listener is None or not hmac.compare_digest(listener.token, token):
-            self.rejected += 1
+            self._rejected += 1
             return 404, _NOT_FOUND
-        self.received += 1
+        self._received += 1
         data = None if body is None else _payload(body)
         record = listener.record
         if record is None:
@@ -438,3 +439,19 @@ class CallbackReceiver:
     def listening(self) -> int:
         """How many tokens are live: creates in flight, jobs not finished, lost creates."""
         return len(self._listeners)
+
+    @property
+    def received(self) -> int:
+        """Callbacks that named a live token."""
+        return self._received
+
+    @property
+    def rejected(self) -> int:
+        """Callbacks with an unknown token (they got 404 and changed nothing)."""
+        return self._rejected
+
+    def statistics(self) -> CallbackStatistics:
+        """Return a snapshot of the receiver's figures; later callbacks do not touch it."""
+        return CallbackStatistics(
+            received=self._received, rejected=self._rejected, listening=len(self._listeners)
+        )

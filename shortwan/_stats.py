@@ -1,0 +1,45 @@
+"""Read-only snapshots of the client's figures, in the manner of anyio's ``statistics()``.
+
+Each part of the client that counts something returns a frozen snapshot of it;
+:class:`ClientStatistics` puts them together for :meth:`shortwan.AsyncShortWan.statistics`. A new
+part's figures are one more field here.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._poller import PollerStatistics
+from ._table import JobTableStatistics
+
+__all__ = ["CallbackStatistics", "ClientStatistics"]
+
+
+@attrs.frozen(kw_only=True)
+class CallbackStatistics:
+    """A snapshot of a callback receiver's figures (``CallbackReceiver.statistics()``).
+
+    Attributes:
+        received: callbacks that named a live token.
+        rejected: callbacks with an unknown token (answered 404; they changed nothing).
+        listening: tokens live now: creates in flight, jobs not finished, lost creates.
+    """
+
+    received: int
+    rejected: int
+    listening: int
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """A snapshot of a client's figures (see :meth:`shortwan.AsyncShortWan.statistics`).
+
+    Attributes:
+        jobs: the job table: jobs by state, money, uncertain and adopted creates.
+        polling: the shared poller: queries answered, what it learned of running times.
+        callbacks: the callback receiver, when the client has one.
+    """
+
+    jobs: JobTableStatistics
+    polling: PollerStatistics
+    callbacks: CallbackStatistics | None = None
