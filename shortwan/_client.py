@@ -27,9 +27,10 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
-from ._download import Downloader, resolve_dest, safe_name
+from ._download import Downloader
 from ._engine import Engine
 from ._errors import ConfigurationError, DownloadError, InvalidRequestError
+from ._files import resolve_dest, safe_name
 from ._http import Transport
 from ._ledger import ledger_for
 from ._models import (

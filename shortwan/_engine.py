@@ -14,18 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint_if_cancelled
 
+from ._adoption import Adoptions
 from ._aio import wait_through_cancellation
 from ._config import PollPolicy
-from ._convert import request_args, snapshot_from_data
-from ._errors import (
-    JobDetachedError,
-    JobTimeoutError,
-    MalformedResponseError,
-    ShortWanError,
-    SubmissionUncertainError,
-)
+from ._convert import snapshot_from_data
+from ._creating import Creator
+from ._errors import JobDetachedError, JobTimeoutError, MalformedResponseError, ShortWanError
 from ._http import Transport
 from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
 from ._poller import Poller, QueryBudget
@@ -54,23 +49,30 @@ class Engine:
     ) -> None:
         self.transport = transport
         self.callbacks = callbacks
-        self._adoption_hooks: dict[str, Callable[[JobRecord], Awaitable[None]]] = {}
-        # Adoptions that came before anyone asked to hear of them (see on_adoption).
-        self._adopted_early: dict[str, JobRecord] = {}
-        self.max_in_flight = max_in_flight
-        self._slots: anyio.Semaphore | None = None
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
         # Built here, not on first use: it needs no running loop until run() starts it, and
         # every 429 of the client slows its query budget from the start.
         self._poller = Poller(table=self.table, query=self.query, policy=poll, budget=query_budget)
         transport.on_rate_limit = self._poller.budget.slow_down
+        self._creator = Creator(
+            transport=transport,
+            table=self.table,
+            poller=self._poller,
+            callbacks=callbacks,
+            target=self,
+            max_in_flight=max_in_flight,
+        )
+        self._adoptions = Adoptions(
+            table=self.table,
+            poller=self._poller,
+            query=self.query,
+            callbacks=callbacks,
+            start_soon=self._start_soon,
+        )
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
-        # Creates under way in tasks of their own (see create); close waits for them.
-        self._creating: set[asyncio.Task[JobRecord]] = set()
-        self._closing = False
 
     @property
     def poller(self) -> Poller:
@@ -101,6 +103,11 @@ class Engine:
         assert self._task_group is not None  # noqa: S101 - set before _started
         self._task_group.start_soon(func)
 
+    def _start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+        # Work that comes in while the client is closing (or before it ran) is not started.
+        if self._task_group is not None:
+            self._task_group.start_soon(func, *args)
+
     async def aclose(self) -> None:
         """Stop all background work; jobs still running are detached and listed in the log.
 
@@ -108,12 +115,10 @@ class Engine:
         in the table (each is bounded by its own timeouts), even through a native cancellation,
         which is raised once everything is shut down.
         """
-        self._closing = True  # no create leaves from here on, not even one waiting for a slot
-        cancelled = await wait_through_cancellation(self._creating)
+        cancelled = await self._creator.close()
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
-        self._adoption_hooks.clear()
-        self._adopted_early.clear()
+        self._adoptions.clear()
         # Detached before the task group stops, so a batch still running reports these jobs
         # (JobDetachedError) to its consumer instead of ending without a word about them.
         self._detach_pending()
@@ -197,120 +202,9 @@ class Engine:
         it saves a task per create.
         """
         self._ensure_running()
-        self._refuse_if_closing()
-        slots = self._slots
-        if slots is None and self.max_in_flight is not None:
-            slots = self._slots = anyio.Semaphore(self.max_in_flight)
-        if slots is not None:
-            # Waiting for a slot is cancellable: nothing has been sent yet.
-            await slots.acquire()
-            try:
-                self._refuse_if_closing()  # the slot may have come free because of the close
-            except RuntimeError:
-                slots.release()
-                raise
-        token = callback_url = None
-        receiver = self.callbacks
-        try:
-            # Everything that can refuse the create runs before before_send, so a refusal never
-            # leaves a journal saying "maybe sent".
-            if receiver is not None:
-                token, callback_url = receiver.register(self, request)
-            if before_send is not None:
-                await before_send()
-            # Last chance to back out: from here the create leaves with no await in between.
-            await checkpoint_if_cancelled()
-            sending = self._create(
-                request,
-                on_created=on_created,
-                slots=slots,
-                token=token,
-                callback_url=callback_url,
-            )
-        except BaseException:
-            if receiver is not None and token is not None:
-                receiver.forget(token)
-            if slots is not None:
-                slots.release()
-            raise
-        # From here _create owns the slot and the token, and lets go of them if it fails.
-        if inline:
-            with anyio.CancelScope(shield=True):
-                record = await sending
-        else:
-            task = asyncio.get_running_loop().create_task(sending)
-            self._creating.add(task)
-            task.add_done_callback(self._created)
-            with anyio.CancelScope(shield=True):
-                record = await asyncio.shield(task)
-        # A caller cancelled during the shielded create learns of it now; the job stays tracked.
-        await checkpoint_if_cancelled()
-        return record
-
-    def _refuse_if_closing(self) -> None:
-        if self._closing:
-            raise RuntimeError("the client was closed; nothing was sent")
-
-    def _created(self, task: asyncio.Task[JobRecord]) -> None:
-        self._creating.discard(task)
-        if not task.cancelled():
-            task.exception()  # seen here, so a caller that left does not leave it unretrieved
-
-    async def _create(
-        self,
-        request: ImageToVideo,
-        *,
-        on_created: Callable[[JobRecord], Awaitable[None]] | None,
-        slots: anyio.Semaphore | None,
-        token: str | None,
-        callback_url: str | None,
-    ) -> JobRecord:
-        receiver = self.callbacks
-        try:
-            created = await self.transport.create(
-                request.model, request_args(request), callback_url=callback_url
-            )
-        except BaseException as exc:
-            if slots is not None:
-                slots.release()
-            if isinstance(exc, SubmissionUncertainError):
-                exc.request = request
-                self.table.note_uncertain()
-                if receiver is not None and token is not None:
-                    # The job may exist: if the service calls back on this token, adopt it.
-                    exc.callback_token = token
-                    receiver.keep_uncertain(token)
-                logger.warning("create outcome unknown, not resubmitted: %s", exc)
-            elif receiver is not None and token is not None:
-                receiver.forget(token)
-            raise
-        record = self.table.add(
-            JobRecord(
-                id=created.job_id,
-                request=request,
-                amount=created.amount,
-                state=JobState.QUEUED,
-                callback=token is not None,
-            ),
-            created=True,
+        return await self._creator.create(
+            request, on_created=on_created, before_send=before_send, inline=inline
         )
-        if slots is not None:
-            # The slot is the job's until it ends (or the client lets go of it).
-            record.add_done_callback(lambda _record: slots.release())
-        logger.info(
-            "job %s created, charged %s",
-            record.id,
-            record.amount,
-            extra={"job_id": record.id, "amount": str(record.amount)},
-        )
-        try:
-            if on_created is not None:
-                await on_created(record)
-        finally:
-            self.poller.track(record)
-            if receiver is not None and token is not None:
-                receiver.bind(token, record)
-        return record
 
     # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
 
@@ -325,67 +219,11 @@ class Engine:
 
     def adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
         """Take over the job a lost create made, once a query confirms it exists."""
-        if self._task_group is None:
-            return
-        self._task_group.start_soon(self._adopt, job_id, request, token)
-
-    async def _adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
-        receiver = self.callbacks
-        assert receiver is not None  # noqa: S101 - only reached through a receiver
-        try:
-            snapshot = await self.query(job_id)
-        except ShortWanError as exc:
-            logger.warning(
-                "a callback named job %s for a lost create, but it could not be confirmed: %s",
-                job_id,
-                exc,
-                extra={"job_id": job_id},
-            )
-            receiver.keep_uncertain(token)
-            return
-        if job_id in self.table:
-            # Already known: a forged callback cannot hand us another caller's job. The token
-            # keeps listening, in case the real callback of the lost create is still to come.
-            receiver.keep_uncertain(token)
-            return
-        record = self.table.add(
-            JobRecord(
-                id=job_id,
-                request=request,
-                amount=snapshot.credit,
-                state=JobState.QUEUED,
-                callback=True,
-            ),
-            created=True,
-        )
-        self.table.note_adopted()
-        logger.warning(
-            "adopted job %s: its create's answer was lost, its callback found it",
-            job_id,
-            extra={"job_id": job_id},
-        )
-        receiver.bind(token, record)
-        self.poller.apply(record, snapshot)
-        hook = self._adoption_hooks.pop(token, None)
-        if hook is not None:
-            await hook(record)
-        else:
-            self._adopted_early[token] = record
-            if len(self._adopted_early) > 1024:  # callers that never ask must not grow it
-                del self._adopted_early[next(iter(self._adopted_early))]
+        self._adoptions.adopt(job_id, request, token)
 
     def on_adoption(self, token: str, hook: Callable[[JobRecord], Awaitable[None]]) -> None:
         """Run ``hook(record)`` once the lost create behind ``token`` is adopted (or now)."""
-        record = self._adopted_early.pop(token, None)
-        if record is None:
-            self._adoption_hooks[token] = hook
-        elif self._task_group is not None:
-            adopted = record
-
-            async def run_hook() -> None:
-                await hook(adopted)
-
-            self._task_group.start_soon(run_hook)
+        self._adoptions.on_adoption(token, hook)
 
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere; it is asked about at once."""

@@ -18,8 +18,8 @@ from typing import TypeAlias
 import anyio
 import attrs
 
-from ._download import output_target, safe_name
 from ._errors import DownloadError, InvalidRequestError, ShortWanError, as_shortwan
+from ._files import output_target, safe_name
 from ._ledger import Page
 from ._models import Outcome, Video
 

@@ -34,7 +34,7 @@ from shortwan import (
     SubmissionUncertainError,
     Timeouts,
 )
-from shortwan._download import output_target
+from shortwan._files import output_target
 from shortwan.callbacks import CallbackReceiver
 from shortwan.journal import Journal
 from shortwan.testing import FakeShortAPI, Fault, JobPlan, set_testing

@@ -23,7 +23,7 @@ from shortwan import (
     ShortWanError,
     Video,
 )
-from shortwan._download import part_path, resolve_dest
+from shortwan._files import part_path, resolve_dest
 from shortwan.testing import FakeShortAPI, Fault
 
 REQ = ImageToVideo(prompt="a fox", first_frame_image="https://example.com/a.png")

@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 from .._convert import request_from_args
-from .._download import output_target
 from .._errors import InvalidRequestError, quoted
+from .._files import output_target
 from .._media import image_input_or_problem, is_remote
 from .._models import BatchItem, ImageToVideo
 from ._names import RESERVED_NAMES
