@@ -54,7 +54,7 @@ class BatchEngine(Protocol):
         before_send: Callable[[], Awaitable[None]],
         inline: bool,
     ) -> JobRecord:
-        """Create a job; see :meth:`shortwan._engine.Engine.create`."""
+        """Create a job; see :meth:`shortwan._creating.Creator.create`."""
 
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere."""
@@ -89,10 +89,11 @@ class Item:
     sending: bool = False
 
 
+@attrs.define(kw_only=True, eq=False)
 class Admission:
     """Admits the items of one batch, one :meth:`admit` call each.
 
-    Args:
+    Attributes:
         engine: the client's engine.
         ledger: where each item's steps are written.
         budget: the spend cap.
@@ -102,25 +103,14 @@ class Admission:
         emit: takes every outcome admission settles itself.
     """
 
-    def __init__(
-        self,
-        engine: BatchEngine,
-        *,
-        ledger: Ledger,
-        budget: SpendCounter,
-        outputs: Outputs,
-        resubmit_uncertain: bool,
-        waiters: Waiters[Item],
-        emit: Callable[[Outcome], None],
-    ) -> None:
-        self._engine = engine
-        self._ledger = ledger
-        self._budget = budget
-        self._outputs = outputs
-        self._resubmit_uncertain = resubmit_uncertain
-        self._waiters = waiters
-        self._emit = emit
-        self._cap_reached = False
+    _engine: BatchEngine
+    _ledger: Ledger
+    _budget: SpendCounter
+    _outputs: Outputs
+    _resubmit_uncertain: bool
+    _waiters: Waiters[Item]
+    _emit: Callable[[Outcome], None]
+    _cap_reached: bool = attrs.field(init=False, default=False)
 
     async def admit(self, index: int, raw: RequestItem) -> None:
         """See one input item to its tracked job or to its outcome; never raise for it."""

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from ._errors import ShortWanError
 from ._models import ImageToVideo, JobSnapshot
 from ._poller import Poller
@@ -31,10 +33,11 @@ StartSoon = Callable[..., None]
 _MAX_EARLY = 1024
 
 
+@attrs.define(kw_only=True, eq=False)
 class Adoptions:
     """The adoptions of one client.
 
-    Args:
+    Attributes:
         table: where an adopted job goes.
         poller: takes the confirming answer and polls the job from there.
         query: asks the service about a job once.
@@ -43,23 +46,14 @@ class Adoptions:
             client is closing).
     """
 
-    def __init__(
-        self,
-        *,
-        table: JobTable,
-        poller: Poller,
-        query: Callable[[str], Awaitable[JobSnapshot]],
-        callbacks: CallbackReceiver | None,
-        start_soon: StartSoon,
-    ) -> None:
-        self._table = table
-        self._poller = poller
-        self._query = query
-        self._callbacks = callbacks
-        self._start_soon = start_soon
-        self._hooks: dict[str, AdoptionHook] = {}
-        # Adoptions that came before anyone asked to hear of them (see on_adoption).
-        self._early: dict[str, JobRecord] = {}
+    _table: JobTable
+    _poller: Poller
+    _query: Callable[[str], Awaitable[JobSnapshot]]
+    _callbacks: CallbackReceiver | None
+    _start_soon: StartSoon
+    _hooks: dict[str, AdoptionHook] = attrs.field(init=False, factory=dict)
+    # Adoptions that came before anyone asked to hear of them (see on_adoption).
+    _early: dict[str, JobRecord] = attrs.field(init=False, factory=dict)
 
     def clear(self) -> None:
         """Forget every hook and early adoption: the client is closing."""

@@ -1,14 +1,18 @@
-"""Waiting that nothing cuts short: for work whose end must be known (a paid create, a write)."""
+"""Asyncio helpers: waiting that nothing cuts short, and ``async with`` for what has ``aclose``.
+
+:func:`wait_through_cancellation` is for work whose end must be known (a paid create, a write).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
+from types import TracebackType
 from typing import Any
 
 import anyio
 
-__all__ = ["wait_through_cancellation"]
+__all__ = ["ClosedOnExit", "wait_through_cancellation"]
 
 
 async def wait_through_cancellation(
@@ -29,3 +33,22 @@ async def wait_through_cancellation(
         except asyncio.CancelledError as exc:
             cancelled = exc
     return cancelled
+
+
+class ClosedOnExit:
+    """Leaving an ``async with`` block calls :meth:`aclose`, however the block ended.
+
+    Each subclass says how it opens (``__aenter__``) and how it closes (``aclose``).
+    """
+
+    async def aclose(self) -> None:
+        """Release what the object holds."""
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -112,7 +112,7 @@ class Batch:
             on_end=self._job_ended,
         )
         self._admission = Admission(
-            engine,
+            engine=engine,
             ledger=ledger,
             budget=budget,
             outputs=outputs,

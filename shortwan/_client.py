@@ -9,13 +9,13 @@ import os
 import ssl
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 
+from ._aio import ClosedOnExit
 from ._batch import Batch, RequestSource
 from ._config import (
     DEFAULT_LIMITS,
@@ -97,7 +97,7 @@ def _resolve_base_url(base_url: str | None) -> str:
     return url.rstrip("/")
 
 
-class AsyncShortWan:
+class AsyncShortWan(ClosedOnExit):
     """An asyncio client for ShortAPI's ``alibaba/wan-2.7/image-to-video`` jobs.
 
     Use it as an async context manager, or call :meth:`aclose` when done. The HTTP session is
@@ -220,14 +220,6 @@ class AsyncShortWan:
             raise RuntimeError("a closed shortwan client cannot be reopened; create a new one")
         self._state = _State.OPENED
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop background work and close the HTTP session this client created.

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
+import attrs
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._aio import wait_through_cancellation
@@ -31,38 +32,31 @@ __all__ = ["Creator"]
 logger = logging.getLogger("shortwan")
 
 
+@attrs.define(kw_only=True, eq=False)
 class Creator:
     """Sends the creates of one client.
 
-    Args:
+    Attributes:
         transport: sends the create.
         table: where every created job goes.
         poller: starts polling each created job.
         callbacks: the receiver whose token each create carries, if any.
         target: what the receiver hands the callbacks of these creates to (the engine).
         max_in_flight: jobs created and not yet ended, at most (``None``: no limit).
+        ensure_running: starts the client's background work, if it has not started yet.
     """
 
-    def __init__(
-        self,
-        *,
-        transport: Transport,
-        table: JobTable,
-        poller: Poller,
-        callbacks: CallbackReceiver | None,
-        target: CallbackTarget,
-        max_in_flight: int | None,
-    ) -> None:
-        self._transport = transport
-        self._table = table
-        self._poller = poller
-        self._callbacks = callbacks
-        self._target = target
-        self._max_in_flight = max_in_flight
-        self._slots: anyio.Semaphore | None = None
-        # Creates under way in tasks of their own; close waits for them.
-        self._creating: set[asyncio.Task[JobRecord]] = set()
-        self._closing = False
+    _transport: Transport
+    _table: JobTable
+    _poller: Poller
+    _callbacks: CallbackReceiver | None
+    _target: CallbackTarget
+    _max_in_flight: int | None
+    _ensure_running: Callable[[], None]
+    _slots: anyio.Semaphore | None = attrs.field(init=False, default=None)
+    # Creates under way in tasks of their own; close waits for them.
+    _creating: set[asyncio.Task[JobRecord]] = attrs.field(init=False, factory=set)
+    _closing: bool = attrs.field(init=False, default=False)
 
     async def close(self) -> asyncio.CancelledError | None:
         """Refuse new creates, then wait for those under way (see :func:`_aio`'s wait).
@@ -81,7 +75,23 @@ class Creator:
         before_send: Callable[[], Awaitable[None]] | None = None,
         inline: bool = False,
     ) -> JobRecord:
-        """Create a job and put it in the table; see :meth:`shortwan._engine.Engine.create`."""
+        """Create a job and put it in the table before anything else can fail.
+
+        The create runs in a task of its own, awaited through both an anyio shield and
+        :func:`asyncio.shield`: a caller cancelled by anyio gets the record and then its
+        cancellation; a caller cancelled natively (``asyncio.timeout``, ``Task.cancel``, a web
+        framework dropping a request) is released at once while the create goes on, so a job
+        that is paid for always reaches the table. Its own timeouts still bound it.
+        ``before_send`` runs once a ``max_in_flight`` slot is held, just before the create
+        leaves (a journal writes its intent there); ``on_created`` runs in the create's task as
+        soon as the job is in the table (a journal records the id there); if it fails, the job
+        is still tracked and its error is raised.
+
+        ``inline=True`` runs the create in the calling task, under the anyio shield alone: for
+        callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
+        it saves a task per create.
+        """
+        self._ensure_running()
         self._refuse_if_closing()
         slots = self._slots
         if slots is None and self._max_in_flight is not None:

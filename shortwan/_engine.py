@@ -62,7 +62,10 @@ class Engine:
             callbacks=callbacks,
             target=self,
             max_in_flight=max_in_flight,
+            ensure_running=self._ensure_running,
         )
+        # Creating is the creator's: a job in the table before anything else can fail.
+        self.create = self._creator.create
         self._adoptions = Adoptions(
             table=self.table,
             poller=self._poller,
@@ -176,35 +179,6 @@ class Engine:
                 extra={"job_id": job_id, "raw_status": snapshot.raw_status},
             )
         return snapshot
-
-    async def create(
-        self,
-        request: ImageToVideo,
-        *,
-        on_created: Callable[[JobRecord], Awaitable[None]] | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-        inline: bool = False,
-    ) -> JobRecord:
-        """Create a job and put it in the table before anything else can fail.
-
-        The create runs in a task of its own, awaited through both an anyio shield and
-        :func:`asyncio.shield`: a caller cancelled by anyio gets the record and then its
-        cancellation; a caller cancelled natively (``asyncio.timeout``, ``Task.cancel``, a web
-        framework dropping a request) is released at once while the create goes on, so a job
-        that is paid for always reaches the table. Its own timeouts still bound it.
-        ``before_send`` runs once a ``max_in_flight`` slot is held, just before the create
-        leaves (a journal writes its intent there); ``on_created`` runs in the create's task as
-        soon as the job is in the table (a journal records the id there); if it fails, the job
-        is still tracked and its error is raised.
-
-        ``inline=True`` runs the create in the calling task, under the anyio shield alone: for
-        callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
-        it saves a task per create.
-        """
-        self._ensure_running()
-        return await self._creator.create(
-            request, on_created=on_created, before_send=before_send, inline=inline
-        )
 
     # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
 

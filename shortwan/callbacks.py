@@ -22,12 +22,12 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ._aio import ClosedOnExit
 from ._convert import snapshot_from_data
 from ._errors import ConfigurationError, MalformedResponseError
 from ._models import ImageToVideo
@@ -147,7 +147,7 @@ class _ASGIApp:
         await self._receiver._serve_asgi(scope, receive, send)
 
 
-class CallbackReceiver:
+class CallbackReceiver(ClosedOnExit):
     """Receives the service's job callbacks and turns them into resolved jobs.
 
     Pass it to :class:`~shortwan.AsyncShortWan` as ``callbacks=``; every create then carries
@@ -220,14 +220,6 @@ class CallbackReceiver:
             host, port = self._runner.addresses[0][:2]
             self.public_url = f"http://{host}:{port}"
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop a standalone receiver's server. Idempotent."""

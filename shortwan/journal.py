@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
 import anyio
 import attrs
 
+from ._aio import ClosedOnExit
 from ._convert import request_args
 from ._errors import JobFailedError, JournalError, ShortWanError
 from ._journal_writer import SCHEMA_VERSION, Writer, settled
@@ -181,7 +181,7 @@ def _int64(value: int | None) -> int | None:
     return min(max(value, _INT64_MIN), _INT64_MAX)
 
 
-class Journal:
+class Journal(ClosedOnExit):
     """A SQLite file that records every request of a batch, for crash-safe resume.
 
     Pass it to :meth:`AsyncShortWan.generate_many` (or ``gather``) with ``journal=``. A rerun with
@@ -225,14 +225,6 @@ class Journal:
     async def __aenter__(self) -> Journal:
         await self._open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _open(self) -> Writer:
         if self._closed:

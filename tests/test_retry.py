@@ -187,16 +187,6 @@ class TestRetrying:
         assert caught.value.job_id == "j1"
 
     @pytest.mark.anyio
-    async def test_a_final_failure_is_not_retried(self) -> None:
-        """A failure marked FINAL ends the call at the first attempt."""
-        retry, events = retrying()
-        attempt = Flaky(failure(Safety.FINAL))
-        with pytest.raises(TransportError):
-            await retry.call(attempt)
-        assert attempt.calls == 1
-        assert events == []
-
-    @pytest.mark.anyio
     async def test_retry_after_replaces_the_backoff(self) -> None:
         """A server-directed wait is the wait, however large the backoff would be."""
         set_testing(False)  # the real waits are the point here
@@ -205,27 +195,27 @@ class TestRetrying:
         assert await retry.call(Flaky(failure(retry_after=0.01))) == "done"
         assert [e.delay for e in events] == [0.01]
 
+    @pytest.mark.parametrize(
+        ("policy", "failed", "real_clock"),
+        [
+            pytest.param(RetryPolicy(), failure(Safety.FINAL), False, id="final"),
+            pytest.param(RetryPolicy(max_retry_after=1), failure(retry_after=5), False, id="cap"),
+            pytest.param(RetryPolicy(timeout=0.5), failure(retry_after=0.6), True, id="deadline"),
+        ],
+    )
     @pytest.mark.anyio
-    async def test_retry_after_beyond_the_cap_gives_up_at_once(self) -> None:
-        """A Retry-After over max_retry_after is not waited for."""
-        retry, events = retrying(RetryPolicy(max_retry_after=1))
-        attempt = Flaky(failure(retry_after=5))
+    async def test_gives_up_at_once(
+        self, policy: RetryPolicy, failed: AttemptFailed, real_clock: bool
+    ) -> None:
+        """A final failure, a Retry-After over the cap, a wait past the deadline: no retry."""
+        set_testing(not real_clock)
+        retry, events = retrying(policy)
+        attempt = Flaky(failed)
         with pytest.raises(TransportError):
             await retry.call(attempt)
         assert attempt.calls == 1
         assert events == []
-
-    @pytest.mark.anyio
-    async def test_a_wait_past_the_deadline_gives_up(self) -> None:
-        """No attempt is started that the deadline would cut: the wait itself would pass it."""
-        set_testing(False)
-        retry, events = retrying(RetryPolicy(timeout=0.5))
-        attempt = Flaky(failure(retry_after=0.6))
-        with pytest.raises(TransportError):
-            await retry.call(attempt)
-        assert attempt.calls == 1
-        assert events == []
-        assert 0 < retry.remaining() <= 0.5
+        assert retry.remaining() > 0
 
     @pytest.mark.anyio
     async def test_an_uncertain_create_is_never_sent_again(self) -> None:
