@@ -41,7 +41,7 @@ from ._config import DEFAULT_POLL, PollPolicy
 from ._errors import ConfigurationError, InvalidRequestError, ShortWanError
 from ._models import ImageToVideo, JobSnapshot
 from .testing import fast_poll
-from .testing._process import FAULT_LEVELS, serve_forever
+from .testing._serve import click_options, serve_forever
 
 __all__ = ["main"]
 
@@ -366,19 +366,13 @@ def download(
 
 
 @main.command("fake-server")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--faults", type=click.Choice(FAULT_LEVELS), default="none", show_default=True)
-@click.option("--speed", type=click.FloatRange(min=0.001), default=1.0, show_default=True)
-@click.option("--render/--no-render", default=True, help="Make each video from its image.")
-@click.option("--seed", type=int, default=0)
-def fake_server(
-    *, host: str, port: int, faults: str, speed: float, render: bool, seed: int
-) -> None:
+@click_options
+def fake_server(**options: Any) -> None:
     """Run a local fake of the service (no key, no network) until Ctrl-C."""
 
     def ready(url: str, key: str) -> None:
-        console.print(f"FakeShortAPI at {url} (faults: {faults}, speed ×{speed})", markup=False)
+        shown = f"faults: {options['faults']}, speed ×{options['speed']}"
+        console.print(f"FakeShortAPI at {url} ({shown})", markup=False)
         console.print(
             f"export SHORTWAN_BASE_URL={url} SHORTAPI_KEY={key} SHORTWAN_POLL=fast",
             soft_wrap=True,
@@ -386,17 +380,7 @@ def fake_server(
         )
 
     try:
-        anyio.run(
-            lambda: serve_forever(
-                host=host,
-                port=port,
-                faults=faults,
-                speed=speed,
-                render=render,
-                seed=seed,
-                ready=ready,
-            )
-        )
+        anyio.run(lambda: serve_forever(ready=ready, **options))
     except KeyboardInterrupt:
         err.print("stopped")
 
