@@ -6,14 +6,13 @@ import base64
 import io
 import json
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import aiohttp
 import pytest
+from helpers import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -259,14 +258,7 @@ for line in sys.stdin:
 """
         images = [OPAQUE_RGBA, encode(RGB, "PNG"), encode(RGB, "JPEG"), CLEAR_RGBA]
         stdin = "".join(base64.b64encode(data).decode() + "\n" for data in images)
-        done = subprocess.run(  # noqa: S603 - our own interpreter
-            [sys.executable, "-c", script],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_python(script, stdin)
         assert done.returncode == 0, done.stderr
         transparent = "first_frame_image: a PNG image must have no transparency"
         assert done.stdout.splitlines() == [transparent, "ok", "ok", transparent]

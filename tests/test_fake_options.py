@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
+from helpers import callback_sink
 
 from shortwan.testing import DEFAULT_API_KEY, FakeShortAPI, Fault
 from shortwan.testing._serve import OPTIONS, add_arguments, fake_arguments
@@ -174,18 +174,6 @@ class TestHandRuns:
     @pytest.mark.anyio
     async def test_cli_options_reach_the_fake(self) -> None:
         """shortwan fake-server with transport, rate-limit and callback flags serves them."""
-        received: list[Any] = []
-
-        async def hook(request: web.Request) -> web.Response:
-            received.append(await request.json())
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
         flags = [
             "--error-transport=http",
             "--query-rate-limit=1",
@@ -196,28 +184,26 @@ class TestHandRuns:
             "--run-time=0",
             "--no-render",
         ]
-        try:
-            async with (
-                hand_run([*CLI, "fake-server", *flags]) as url,
-                aiohttp.ClientSession() as http,
-            ):
-                wrong = {"Authorization": "Bearer ak-wrong"}
-                async with http.post(f"{url}/api/v1/job/create", json={}, headers=wrong) as r:
-                    refused = r.status
-                key = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
-                body = {"model": MODEL, "args": ARGS, "callback_url": hook_url}
-                async with http.post(f"{url}/api/v1/job/create", json=body, headers=key) as r:
-                    job_id = (await r.json())["data"]["job_id"]
-                statuses = []
-                for _ in range(2):
-                    params = {"id": job_id}
-                    async with http.get(f"{url}/api/v1/job/query", params=params, headers=key) as r:
-                        statuses.append((r.status, r.headers.get("Retry-After")))
-                with anyio.fail_after(10):
-                    while len(received) < 2:
-                        await anyio.sleep(0.05)
-        finally:
-            await runner.cleanup()
+        async with (
+            callback_sink() as (hook_url, received),
+            hand_run([*CLI, "fake-server", *flags]) as url,
+            aiohttp.ClientSession() as http,
+        ):
+            wrong = {"Authorization": "Bearer ak-wrong"}
+            async with http.post(f"{url}/api/v1/job/create", json={}, headers=wrong) as r:
+                refused = r.status
+            key = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+            body = {"model": MODEL, "args": ARGS, "callback_url": hook_url}
+            async with http.post(f"{url}/api/v1/job/create", json=body, headers=key) as r:
+                job_id = (await r.json())["data"]["job_id"]
+            statuses = []
+            for _ in range(2):
+                params = {"id": job_id}
+                async with http.get(f"{url}/api/v1/job/query", params=params, headers=key) as r:
+                    statuses.append((r.status, r.headers.get("Retry-After")))
+            with anyio.fail_after(10):
+                while len(received) < 2:
+                    await anyio.sleep(0.05)
         assert refused == 401
         assert statuses == [(200, None), (429, "1")]
         assert [payload["id"] for payload in received] == [job_id, job_id]  # bare and twice

@@ -33,23 +33,29 @@ def clear_png_uri() -> str:
 
 class TestRefusalsInEachTransport:
     @pytest.mark.parametrize(
-        ("transport", "error", "status"),
-        [("http", AuthenticationError, 401), ("envelope", APIError, 200)],
+        ("transport", "codes", "error", "status", "code"),
+        [
+            ("http", ErrorCodes(), AuthenticationError, 401, 401),
+            ("envelope", ErrorCodes(), APIError, 200, 401),
+            ("envelope", ErrorCodes(unauthorized=40123), APIError, 200, 40123),
+        ],
+        ids=["http", "envelope", "envelope-unknown-code"],
     )
     @pytest.mark.anyio
     async def test_wrong_key(
-        self, transport: Transport, error: type[APIError], status: int
+        self, transport: Transport, codes: ErrorCodes, error: type[APIError], status: int, code: int
     ) -> None:
-        """A wrong key: AuthenticationError over HTTP 401, a plain APIError with code 401 in
-        the envelope; sent once, no job."""
+        """A wrong key: AuthenticationError over HTTP 401; in the envelope a plain APIError that
+        keeps the code, even one the SDK has never heard of. Sent once, no job."""
         async with (
-            FakeShortAPI(run_time=0, error_transport=transport) as fake,
+            FakeShortAPI(run_time=0, error_transport=transport, error_codes=codes) as fake,
             AsyncShortWan("ak-wrong", base_url=fake.url) as client,
         ):
             with pytest.raises(APIError) as info:
                 await client.submit(req())
         assert type(info.value) is error
-        assert (info.value.status, info.value.code) == (status, 401)
+        assert (info.value.status, info.value.code) == (status, code)
+        assert "invalid api key" in str(info.value)
         assert (fake.stats.creates_received, fake.stats.jobs_created) == (1, 0)
 
     @pytest.mark.parametrize(
@@ -101,19 +107,3 @@ class TestRefusalsInEachTransport:
         assert type(info.value) is APIError
         assert (info.value.status, info.value.code) == (200, 1)
         assert info.value.job_id == "ffffffffffffffffffffffff"
-
-    @pytest.mark.anyio
-    async def test_an_unknown_code_is_a_final_api_error(self) -> None:
-        """A refusal code the SDK has never heard of is kept in a generic APIError; the
-        create is not retried and no job exists."""
-        codes = ErrorCodes(unauthorized=40123)
-        async with (
-            FakeShortAPI(run_time=0, error_codes=codes) as fake,
-            AsyncShortWan("ak-wrong", base_url=fake.url) as client,
-        ):
-            with pytest.raises(APIError) as info:
-                await client.submit(req())
-        assert type(info.value) is APIError
-        assert info.value.code == 40123
-        assert "invalid api key" in str(info.value)
-        assert (fake.stats.creates_received, fake.stats.jobs_created) == (1, 0)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
+from helpers import callback_sink
 
 from shortwan.testing import ErrorCodes, FakeShortAPI, Fault, JobPlan, Timing
 
@@ -207,8 +207,9 @@ class TestErrorTransport:
             http.request(method, fake.url + path) as r,
         ):
             assert r.content_type == "application/json"
-            answer = (r.status, (await r.json())["code"])
-        assert answer == (refused_status(transport, status), status)
+            body = await r.json()
+        assert (r.status, body["code"]) == (refused_status(transport, status), status)
+        assert path in body["message"]
 
     @pytest.mark.parametrize("transport", TRANSPORTS)
     @pytest.mark.anyio
@@ -575,30 +576,12 @@ class TestCallbacks:
         self, http: aiohttp.ClientSession, knobs: dict[str, float], expected: int
     ) -> None:
         """Callbacks arrive once, twice (duplicated) or never (dropped), shaped like a query."""
-        received: list[dict[str, Any]] = []
-
-        async def hook(request: web.Request) -> web.Response:
-            received.append(await request.json())
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
-            async with FakeShortAPI(run_time=0, callback_delay=0.05, **knobs) as fake:  # type: ignore[arg-type]
-                body = {
-                    "model": MODEL,
-                    "args": ARGS,
-                    "callback_url": f"http://127.0.0.1:{port}/hook",
-                }
-                await create(http, fake, body)
-                await anyio.sleep(0.3)
-        finally:
-            await runner.cleanup()
+        async with (
+            callback_sink() as (hook_url, received),
+            FakeShortAPI(run_time=0, callback_delay=0.05, **knobs) as fake,  # type: ignore[arg-type]
+        ):
+            await create(http, fake, {"model": MODEL, "args": ARGS, "callback_url": hook_url})
+            await anyio.sleep(0.3)
         assert len(received) == expected
         for payload in received:
             assert payload["code"] == 0

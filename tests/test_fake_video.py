@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import av
 import pytest
+from helpers import run_python
 from PIL import Image, ImageStat
 
 from shortwan.testing import FakeShortAPI
@@ -143,9 +144,7 @@ async def main():
 
 asyncio.run(main())
 """
-        done = subprocess.run(  # noqa: S603 - our own interpreter
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-        )
+        done = run_python(script)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == hashlib.sha256(SAMPLE).hexdigest()
 

@@ -144,12 +144,14 @@ class Answers:
         status = _STATUS[kind] if self.error_transport == "http" else 200
         return web.json_response(self.envelope(code, message=message), status=status)
 
-    def routing_error(self, error: web.HTTPException) -> web.Response:
+    def routing_error(self, request: web.Request, error: web.HTTPException) -> web.Response:
         """Return aiohttp's routing refusal (404, 405, 413, ...) as the envelope."""
         if error.status == 404:
-            return self.refuse("not_found", f"no such path: {error.reason}")
+            return self.refuse("not_found", f"no such path: {request.path}")
         if error.status == 405:
-            return self.refuse("method_not_allowed", "this path does not take that method")
+            return self.refuse(
+                "method_not_allowed", f"{request.path} does not take {request.method}"
+            )
         kind = f"http_{error.status}"
         self.stats.refusals[kind] += 1
         status = error.status if self.error_transport == "http" else 200
@@ -206,4 +208,4 @@ class Answers:
         except web.HTTPException as error:
             if error.status < 400 or request.path.startswith("/files/"):
                 raise
-            return self.routing_error(error)
+            return self.routing_error(request, error)

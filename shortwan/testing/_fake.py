@@ -20,7 +20,14 @@ from aiohttp import web
 from ._answers import Answers, ErrorCodes, ErrorText, ErrorTransport
 from ._api import JobAPI
 from ._callbacks import Callbacks, CallbackShape
-from ._faults import Endpoint, Fault, FaultPlan, RetryAfterStyle, TokenBucket
+from ._faults import (
+    RETRY_AFTER_STYLES,
+    Endpoint,
+    Fault,
+    FaultPlan,
+    RetryAfterStyle,
+    TokenBucket,
+)
 from ._files import ResultFiles, Videos
 from ._jobs import FakeJob, JobBook, JobPlan, ResultShape, Timing
 from ._stats import FakeStats
@@ -117,7 +124,7 @@ class FakeShortAPI:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        if rate_limit_retry_after not in ("exact", "seconds"):
+        if rate_limit_retry_after not in RETRY_AFTER_STYLES:
             raise ValueError("rate_limit_retry_after must be exact or seconds")
         self.api_key = api_key
         self.stats = FakeStats()

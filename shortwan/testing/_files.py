@@ -166,8 +166,9 @@ class ResultFiles:
     ) -> web.StreamResponse:
         # Faults that send video send the job's own bytes, so a download resumed after one of
         # them still assembles one whole file.
-        sends_video = fault in (Fault.TRUNCATED_JSON, Fault.SLOW_AFTER) and job is not None
-        video = await self._videos.for_job(job) if sends_video and job else self._videos.sample
+        video = self._videos.sample
+        if job is not None and fault in (Fault.TRUNCATED_JSON, Fault.SLOW_AFTER):
+            video = await self._videos.for_job(job)
         if fault is Fault.TRUNCATED_JSON:
             # For a file, "cut short" means: the full length announced, half of it sent.
             response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
