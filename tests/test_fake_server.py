@@ -602,3 +602,59 @@ class TestSeededJobs:
             async with AsyncShortWan(fake.api_key, base_url=fake.url, poll=fast_poll()) as client:
                 videos = [await client.attach(job_id).result(timeout=10) for job_id in ids]
         assert [v.job_id for v in videos] == ids
+
+
+class TestPublicSurface:
+    def test_public_names_stay_and_all_is_sorted(self) -> None:
+        """shortwan.testing keeps every name it exported, in one sorted, complete __all__."""
+        from shortwan import testing
+
+        before = {
+            "DEFAULT_API_KEY",
+            "FakeJob",
+            "FakeProcess",
+            "FakeShortAPI",
+            "FakeStats",
+            "Fault",
+            "JobPlan",
+            "fake_process",
+            "fast_poll",
+            "set_testing",
+        }
+        assert before <= set(testing.__all__)
+        assert testing.__all__ == sorted(testing.__all__)
+        assert all(hasattr(testing, name) for name in testing.__all__)
+
+    def test_constructor_keeps_its_arguments(self) -> None:
+        """Every argument FakeShortAPI took before the split is still taken, keyword-only."""
+        import inspect
+
+        before = [
+            "api_key",
+            "queue_time",
+            "run_time",
+            "jitter",
+            "speed",
+            "seed",
+            "failure_rate",
+            "failure_reason",
+            "unknown_status",
+            "result_shape",
+            "extra_fields",
+            "balance",
+            "plan",
+            "fault_rates",
+            "retry_after",
+            "slow_delay",
+            "query_rate_limit",
+            "url_ttl",
+            "callback_drop",
+            "callback_duplicate",
+            "callback_delay",
+            "callback_shape",
+            "render",
+            "host",
+            "port",
+        ]
+        parameters = inspect.signature(FakeShortAPI).parameters
+        assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in before)
