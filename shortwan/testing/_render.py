@@ -182,11 +182,12 @@ def _plain_frames(av: Any, seconds: int, width: int, height: int, fps: int) -> I
         row = gradient[:left] + b"\xeb" * bar + gradient[left + bar :] + pad
         ticks = bytearray(width)
         for second in range(index // fps + 1):
-            # One cell per second of the clip, a dark gap between cells.
+            # A gap between cells, so the seconds can be counted.
             start, end = second * width // seconds, (second + 1) * width // seconds
             ticks[start + 1 : end - 1] = b"\xc0" * max(0, end - start - 2)
         luma.update(row * (height - strip) + (bytes(ticks) + pad) * strip)
-        blue.update(b"\x96" * blue.buffer_size)  # a steady blue-violet tint
+        # Flat colour planes: the tint tells nothing, and constant planes cost the encoder nothing.
+        blue.update(b"\x96" * blue.buffer_size)
         red.update(b"\x70" * red.buffer_size)
         yield frame
 
