@@ -157,7 +157,7 @@ def bench_overhead(quick: bool) -> Section:
     raw_cpu: list[float] = []
     sw_cpu: list[float] = []
     queries = 0
-    with fake_server() as server:
+    with fake_server(run_time=0) as server:
         anyio.run(raw_loop, server, requests(50, "warm"), concurrency)
         for r in range(rounds):
             with cpu_clock() as raw:
@@ -328,7 +328,7 @@ def bench_rate_cap(quick: bool) -> Section:
             max_queries_per_second=ceiling,
             jitter=0.0,
         )
-        with fake_server(query_rate_limit=cap) as server:
+        with fake_server(run_time=0, query_rate_limit=cap) as server:
             with cpu_clock() as clock:
                 ok, _queries = anyio.run(shortwan_batch, server, requests(n, "cap"), 64, poll)
             stats = server.stats()

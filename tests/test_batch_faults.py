@@ -250,7 +250,7 @@ class TestLeavingEarly:
 class TestCreatesThatMayHaveLanded:
     @pytest.mark.anyio
     async def test_native_cancellation_keeps_the_paid_job(self) -> None:
-        async with FakeShortAPI(slow_delay=0.5) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, slow_delay=0.5) as fake, client_for(fake) as client:
             fake.script("create", [Fault.SLOW_AFTER])
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(client.submit(req("web")), 0.1)
@@ -265,7 +265,7 @@ class TestCreatesThatMayHaveLanded:
 
     @pytest.mark.anyio
     async def test_close_waits_for_a_create_under_way(self) -> None:
-        async with FakeShortAPI(slow_delay=0.4) as fake:
+        async with FakeShortAPI(run_time=0, slow_delay=0.4) as fake:
             client = client_for(fake)
             fake.script("create", [Fault.SLOW_AFTER])
             task = asyncio.get_running_loop().create_task(client.submit(req("leaving")))
@@ -281,7 +281,7 @@ class TestCreatesThatMayHaveLanded:
     async def test_uncertain_then_refused_stays_uncertain(self, tmp_path: Path) -> None:
         retry = RetryPolicy(attempts=2, retry_uncertain_creates=True)
         async with (
-            FakeShortAPI() as fake,
+            FakeShortAPI(run_time=0) as fake,
             client_for(fake, retry=retry) as client,
             Journal(tmp_path / "j.sqlite") as journal,
         ):
@@ -368,7 +368,7 @@ class TestRefusedBeforeSending:
     async def test_a_pause_after_a_maybe_sent_attempt_stays_uncertain(self) -> None:
         set_testing(False)  # the pause is checked against the real clock here
         retry = RetryPolicy(retry_uncertain_creates=True, timeout=5, initial_delay=0.01)
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             client = client_for(fake, retry=retry)
 
             def pause_everything(event: RetryEvent) -> None:
@@ -428,7 +428,7 @@ class TestClosing:
 
     @pytest.mark.anyio
     async def test_close_cancelled_natively_still_shuts_everything(self) -> None:
-        async with FakeShortAPI(slow_delay=1.0) as fake:
+        async with FakeShortAPI(run_time=0, slow_delay=1.0) as fake:
             client = client_for(fake)
             fake.script("create", [Fault.SLOW_AFTER])
             submit = asyncio.ensure_future(client.submit(req("slow")))
@@ -525,7 +525,7 @@ class TestWaitingForAConnection:
     async def test_a_create_stuck_in_the_pool_is_not_maybe_sent(self) -> None:
         """A create still waiting for a pooled connection when its time runs out never left:
         it is retried (or refused), never reported as maybe charged."""
-        async with FakeShortAPI(slow_delay=3) as fake:
+        async with FakeShortAPI(run_time=0, slow_delay=3) as fake:
             fake.script("query", [Fault.SLOW_AFTER])
             (job_id,) = fake.add_jobs(1)
             connector = aiohttp.TCPConnector(limit=1)

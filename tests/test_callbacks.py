@@ -90,7 +90,7 @@ class TestDelivery:
     @pytest.mark.anyio
     async def test_every_create_has_its_own_long_token(self) -> None:
         """Each create carries a distinct callback URL with at least 256 bits of token."""
-        async with setup() as (fake, receiver, client):
+        async with setup(run_time=0) as (fake, receiver, client):
             await client.gather(reqs(20))
             urls = [job.callback_url for job in fake.jobs.values()]
         assert receiver.url is not None

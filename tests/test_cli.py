@@ -460,7 +460,7 @@ class TestMarkup:
     def test_service_text_is_printed_as_it_is(self) -> None:
         """A failure reason with [/], [bold] and :emoji: codes is shown verbatim by status."""
         reason = "upstream said [/] oops, [bold]x[/bold] :smile:"
-        with fake_process(failure_rate=1.0, failure_reason=reason) as server:
+        with fake_process(run_time=0, failure_rate=1.0, failure_reason=reason) as server:
             (job_id,) = server.add_jobs(1, prefix="markup")
             done = shortwan("status", job_id, fake=server)
         assert done.returncode == 0, done.stderr

@@ -56,7 +56,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_job_to_file(self, tmp_path: Path) -> None:
         """A job downloads to the path given, whole, with no .part left behind."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             job = await client.submit(REQ)
             path = await client.download(job, tmp_path / "out" / "fox.mp4")
         assert path.read_bytes()[4:8] == b"ftyp"
@@ -66,7 +66,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_folder_target_named_after_job(self, tmp_path: Path) -> None:
         """Into an existing folder, the file is named after the job id."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             path = await client.download(video, tmp_path)
         assert path == tmp_path / f"{video.job_id}.mp4"
@@ -74,7 +74,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_key_never_sent_to_file_host(self, tmp_path: Path) -> None:
         """Download requests carry no Authorization header."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             await client.download(video, tmp_path / "v.mp4")
         assert all("Authorization" not in headers for headers in fake.stats.downloads)
@@ -82,11 +82,11 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_truncated_body_resumes(self, tmp_path: Path) -> None:
         """A body cut short is resumed with Range from where the .part file ends."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             fake.script("download", [Fault.TRUNCATED_JSON])
             path = await client.download(video, tmp_path / "v.mp4")
-            whole = fake._video
+            whole = await fake.result_video(video.job_id)
         assert path.read_bytes() == whole
         assert any("Range" in h for h in fake.stats.downloads)
 
@@ -95,7 +95,7 @@ class TestDownload:
         """An existing file is kept unless overwrite=True."""
         target = tmp_path / "v.mp4"
         target.write_bytes(b"mine")
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             with pytest.raises(DownloadError, match="exists"):
                 await client.download(video, target)
@@ -105,7 +105,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_expired_url_refreshed_by_query(self, tmp_path: Path) -> None:
         """An expired link (410) is replaced once by asking the service for the job again."""
-        async with FakeShortAPI(url_ttl=0.05) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, url_ttl=0.05) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             await anyio.sleep(0.1)
             path = await client.download(video, tmp_path / "v.mp4")
@@ -114,7 +114,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_failures_raise_and_leave_no_final_file(self, tmp_path: Path) -> None:
         """When every attempt fails, DownloadError names the job and no file is at the path."""
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             client = AsyncShortWan(
                 fake.api_key, base_url=fake.url, poll=POLL, retry=RetryPolicy(attempts=2)
             )
@@ -130,7 +130,7 @@ class TestDownload:
     @pytest.mark.anyio
     async def test_names_cannot_escape_the_folder(self, tmp_path: Path, job_id: str) -> None:
         """A job id full of path tricks still lands inside the target folder."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             real = await client.generate(REQ)
             video = Video(job_id=job_id, url=real.url)
             path = await client.download(video, tmp_path)
@@ -166,7 +166,10 @@ class TestSecondHost:
     @pytest.mark.anyio
     async def test_key_absent_on_another_host_and_after_redirect(self, tmp_path: Path) -> None:
         """A file on a second host, reached directly or by redirect, never sees the API key."""
-        async with FakeShortAPI() as api, FakeShortAPI(api_key="ak-" + "1" * 32) as files:
+        async with (
+            FakeShortAPI(run_time=0) as api,
+            FakeShortAPI(run_time=0, api_key="ak-" + "1" * 32) as files,
+        ):
             async with client_for(files) as other:
                 stored = await other.generate(REQ)  # a file that lives on the second host
 
@@ -202,7 +205,7 @@ class TestRetryEvents:
         def broken(_event: RetryEvent) -> None:
             raise RuntimeError("a hook that fails must not break the retry")
 
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             fake.script("create", [Fault.UNAVAILABLE])
             fake.script("query", [Fault.HTML_502, Fault.UNAVAILABLE])
             fake.script("download", [Fault.UNAVAILABLE])
@@ -228,7 +231,7 @@ class TestFailuresAreDownloadErrors:
     async def test_parent_that_is_a_file(self, tmp_path: Path) -> None:
         """A folder that cannot be made raises DownloadError naming the job, from the OSError."""
         (tmp_path / "taken").write_bytes(b"a file")
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             with pytest.raises(DownloadError) as info:
                 await client.download(video, tmp_path / "taken" / "v.mp4")
@@ -238,7 +241,7 @@ class TestFailuresAreDownloadErrors:
     @pytest.mark.anyio
     async def test_nul_byte_in_path(self, tmp_path: Path) -> None:
         """A path with a NUL byte raises DownloadError with the ValueError as cause."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             with pytest.raises(DownloadError) as info:
                 await client.download(video, tmp_path / "a\0b.mp4")
@@ -274,7 +277,7 @@ class TestFailuresAreDownloadErrors:
     @pytest.mark.anyio
     async def test_failed_refresh(self, tmp_path: Path) -> None:
         """An expired URL whose refresh query fails raises DownloadError caused by that error."""
-        async with FakeShortAPI(url_ttl=0.0) as fake:
+        async with FakeShortAPI(run_time=0, url_ttl=0.0) as fake:
             client = AsyncShortWan(
                 fake.api_key, base_url=fake.url, poll=POLL, retry=RetryPolicy(attempts=1)
             )
@@ -339,7 +342,7 @@ class TestPartFiles:
     async def test_part_of_another_video_is_not_resumed(self, tmp_path: Path) -> None:
         """Bytes left at the same path by another job, or by an older naming, are never used."""
         dest = tmp_path / "v.mp4"
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             video = await client.generate(REQ)
             alone = await client.download(video, tmp_path / "alone.mp4")
             other = part_path(dest, job_id="another-job", url=video.url)

@@ -52,7 +52,7 @@ class TestWaiting:
     @pytest.mark.anyio
     async def test_failed_job_raises_with_reason_and_refund(self) -> None:
         """A failed job raises JobFailedError with its id, reason and refund flag."""
-        async with FakeShortAPI(failure_rate=1.0) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, failure_rate=1.0) as fake, client_for(fake) as client:
             job = await client.submit(req())
             with pytest.raises(JobFailedError) as info:
                 await job.result(timeout=10)
@@ -159,7 +159,7 @@ class TestPoller:
             max_queries_per_second=400,
         )
         async with (
-            FakeShortAPI(query_rate_limit=50) as fake,
+            FakeShortAPI(run_time=0, query_rate_limit=50) as fake,
             client_for(fake, poll=poll) as client,
         ):
             outcomes = await client.gather(reqs(40), concurrency=40)
@@ -182,7 +182,7 @@ class TestBulk:
     @pytest.mark.anyio
     async def test_thousand_instant_jobs_all_resolve(self) -> None:
         """1,000 instant jobs through generate_many: one outcome each, all videos."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             seen = [o async for o in client.generate_many(reqs(1000), concurrency=64)]
         assert sorted(o.index for o in seen) == list(range(1000))
         assert all(o.ok for o in seen)
@@ -192,7 +192,10 @@ class TestBulk:
     @pytest.mark.anyio
     async def test_failures_do_not_stop_the_rest(self) -> None:
         """Invalid items, failed jobs and uncertain creates each get their own outcome."""
-        async with FakeShortAPI(failure_rate=0.3, seed=3) as fake, client_for(fake) as client:
+        async with (
+            FakeShortAPI(run_time=0, failure_rate=0.3, seed=3) as fake,
+            client_for(fake) as client,
+        ):
             fake.script("create", [None, Fault.RESET_AFTER])
             items: list[object] = [*reqs(20), {"prompt": "no image"}, {"duration": 3, "x": 1}]
             outcomes = await client.gather(items, concurrency=8)  # type: ignore[arg-type]
@@ -263,7 +266,7 @@ class TestSpendCap:
     @pytest.mark.anyio
     async def test_cap_stops_admission_with_distinct_error(self) -> None:
         """Requests beyond max_spend are not sent and carry SpendLimitError."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             outcomes = await client.gather(
                 [req(f"c {i}", duration=10) for i in range(10)], concurrency=4, max_spend="3"
             )
@@ -291,7 +294,10 @@ class TestSpendCap:
         self, durations: list[int], cap: Decimal, failure_rate: float, concurrency: int
     ) -> None:
         """Whatever the mix, what the fake kept (refunds given back) never passes max_spend."""
-        async with FakeShortAPI(failure_rate=failure_rate) as fake, client_for(fake) as client:
+        async with (
+            FakeShortAPI(run_time=0, failure_rate=failure_rate) as fake,
+            client_for(fake) as client,
+        ):
             items = [req(f"h {i}", duration=d) for i, d in enumerate(durations)]
             outcomes = await client.gather(items, concurrency=concurrency, max_spend=cap)
         kept = sum((job.amount for job in fake.jobs.values() if job.final_status == 2), Decimal(0))
@@ -317,7 +323,7 @@ class TestCancellation:
     @pytest.mark.anyio
     async def test_cancelled_submit_still_tracks_the_paid_job(self) -> None:
         """A submit cancelled mid-create still records the job it paid for."""
-        async with FakeShortAPI(slow_delay=0.3) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, slow_delay=0.3) as fake, client_for(fake) as client:
             fake.script("create", [Fault.SLOW_AFTER])
             with anyio.move_on_after(0.05) as scope:
                 await client.submit(req())
@@ -331,7 +337,7 @@ class TestArguments:
     @pytest.mark.anyio
     async def test_bad_max_spend_refused_before_anything_is_sent(self, cap: object) -> None:
         """A spend cap that is not a finite amount >= 0 is refused with nothing sent."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             with pytest.raises(InvalidRequestError, match="max_spend"):
                 await client.gather(reqs(2), max_spend=cap)  # type: ignore[arg-type]
         assert fake.stats.creates_received == 0
@@ -340,7 +346,7 @@ class TestArguments:
     @pytest.mark.anyio
     async def test_bad_concurrency_refused(self, concurrency: object) -> None:
         """concurrency must be a whole number of at least 1."""
-        async with FakeShortAPI() as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
             with pytest.raises(ValueError, match="concurrency"):
                 await client.gather(reqs(2), concurrency=concurrency)  # type: ignore[arg-type]
         assert fake.stats.creates_received == 0

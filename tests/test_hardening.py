@@ -356,7 +356,7 @@ class TestLifecycle:
     @pytest.mark.anyio
     async def test_every_call_after_close_is_refused(self, tmp_path: Path) -> None:
         """After aclose, each call raises RuntimeError and sends nothing."""
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             client = AsyncShortWan(fake.api_key, base_url=fake.url)
             await client.aclose()
             await client.aclose()

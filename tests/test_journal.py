@@ -341,7 +341,7 @@ class TestResume:
     @pytest.mark.anyio
     async def test_rerun_replays_without_sending(self, tmp_path: Path) -> None:
         """A finished batch rerun with its journal creates nothing and replays every outcome."""
-        async with FakeShortAPI(failure_rate=0.3, seed=3) as fake:
+        async with FakeShortAPI(run_time=0, failure_rate=0.3, seed=3) as fake:
             items = reqs(20)
             async with Journal(tmp_path / "j.db") as journal:
                 first = await run(fake, items, journal=journal)
@@ -384,7 +384,7 @@ class TestResume:
     async def test_maybe_sent_is_reported_unless_opted_in(self, tmp_path: Path) -> None:
         """An intent without a job is an uncertain outcome; resubmit_uncertain sends it again."""
         items = reqs(3)
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             async with Journal(tmp_path / "j.db") as journal:
                 # As if the process died right after writing the intent of the second request.
                 await journal.intent(request_key(items[1]), model="m", estimate=Decimal(1))
@@ -405,7 +405,7 @@ class TestResume:
     async def test_lost_create_answer_is_journaled_uncertain(self, tmp_path: Path) -> None:
         """A create whose answer was lost is marked uncertain; a refused one is forgotten."""
         items = reqs(2)
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             fake.script("create", [Fault.RESET_AFTER, Fault.CODE_3000] + [Fault.CODE_3000] * 10)
             async with Journal(tmp_path / "j.db") as journal:
                 outcomes = await run(fake, items, journal=journal, concurrency=1)
@@ -422,7 +422,7 @@ class TestResume:
     async def test_equal_requests_get_distinct_keys(self, tmp_path: Path) -> None:
         """Asking twice for the same request makes two videos, and a rerun recognises both."""
         item = reqs(1)[0]
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             async with Journal(tmp_path / "j.db") as journal:
                 first = await run(fake, [item, item], journal=journal)
                 second = await run(fake, [item, item], journal=journal)
@@ -439,7 +439,7 @@ class TestResume:
             {"prompt": "p 9", "first_frame_image": URL, "key": "second"},
             BatchItem(request=b, key="first"),
         ]
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             async with Journal(tmp_path / "j.db") as journal:
                 outcomes = await run(fake, items, journal=journal, concurrency=1)
                 assert {e.key for e in await journal.entries()} == {"first", "second"}
@@ -451,7 +451,7 @@ class TestResume:
     async def test_cap_covers_earlier_runs(self, tmp_path: Path) -> None:
         """With a journal, max_spend counts what earlier runs of the batch already spent."""
         items = reqs(6)  # durations 2,3,4,2,3,4 s: 0.17 + 0.255 + 0.34 per three
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             async with Journal(tmp_path / "j.db") as journal:
                 await run(fake, items[:3], journal=journal)
                 outcomes = await run(fake, items, journal=journal, max_spend="1.0", concurrency=1)
@@ -467,7 +467,7 @@ class TestBatchDownloads:
         out = tmp_path / "videos"
         a, b = reqs(2)
         items = [BatchItem(request=a, output="fox.mp4"), b]
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             async with Journal(tmp_path / "j.db") as journal:
                 first = await run(fake, items, journal=journal, download_to=out)
                 downloads = len(fake.stats.downloads)
@@ -486,7 +486,7 @@ class TestBatchDownloads:
     async def test_escaping_output_is_refused_before_paying(self, tmp_path: Path) -> None:
         """An output name that leaves the download folder gets an error and no job is created."""
         items = [{"prompt": "p", "first_frame_image": URL, "output": "../../evil.mp4"}]
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             outcomes = await run(fake, items, download_to=tmp_path / "out")
             assert fake.stats.creates_received == 0
         assert isinstance(outcomes[0].error, InvalidRequestError)
@@ -495,7 +495,7 @@ class TestBatchDownloads:
     @pytest.mark.anyio
     async def test_failed_download_keeps_the_video(self, tmp_path: Path) -> None:
         """A download that fails leaves the video in the outcome, with a DownloadError."""
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             fake.set_fault_rates("download", {Fault.UNAVAILABLE: 1.0})
             outcomes = await run(fake, reqs(1), download_to=tmp_path)
         outcome = outcomes[0]
@@ -508,6 +508,6 @@ class TestBatchDownloads:
     @pytest.mark.anyio
     async def test_counter_of_prompts_is_one(self, tmp_path: Path) -> None:
         """Without a journal every request is still sent exactly once."""
-        async with FakeShortAPI() as fake:
+        async with FakeShortAPI(run_time=0) as fake:
             await run(fake, reqs(10), download_to=tmp_path)
             assert Counter(fake.stats.jobs_by_prompt.values()) == Counter({1: 10})

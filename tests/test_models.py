@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from shortwan import ImageToVideo, InvalidRequestError, JobSnapshot, JobStatus
 from shortwan._convert import request_args, request_from_args
@@ -19,7 +21,10 @@ from shortwan.testing._rules import check_create
 URL = "https://example.com/a.png"
 AUDIO = "https://example.com/a.mp3"
 CLIP = "https://example.com/c.mp4"
-PNG_URI = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake bytes").decode()
+# A real image that keeps every image rule: the fake checks the bytes of data URIs.
+_PNG = io.BytesIO()
+Image.new("RGB", (320, 240), (200, 80, 40)).save(_PNG, "PNG")
+PNG_URI = "data:image/png;base64," + base64.b64encode(_PNG.getvalue()).decode()
 MEDIA = ("first_frame_image", "last_frame_image", "driving_audio_url", "first_clip_video_url")
 VALUES = {
     "first_frame_image": URL,

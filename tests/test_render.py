@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from shortwan.testing import FakeShortAPI, Fault
-from shortwan.testing._render import image_bytes_from_arg, render_clip, sample_images
+from shortwan.testing._render import image_bytes_from_arg, plain_clip, render_clip, sample_images
 
 MODEL = "alibaba/wan-2.7/image-to-video"
 SAMPLE = resources.files("shortwan.testing").joinpath("data/sample.mp4").read_bytes()
@@ -180,7 +180,7 @@ class TestFakeRender:
         self, http: aiohttp.ClientSession
     ) -> None:
         """With render=True the file is a new MP4 whose colours are those of the job's image."""
-        async with FakeShortAPI(render=True) as fake:
+        async with FakeShortAPI(run_time=0, render=True) as fake:
             url = await finished_job(http, fake, data_uri(HARBOUR))
             status, headers, clip = await fetch(http, url)
         assert (status, headers["Content-Type"]) == (200, "video/mp4")
@@ -197,7 +197,7 @@ class TestFakeRender:
     @pytest.mark.anyio
     async def test_range_request_on_a_clip(self, http: aiohttp.ClientSession) -> None:
         """A Range request on a rendered clip gets 206 with a Content-Range over the clip."""
-        async with FakeShortAPI(render=True) as fake:
+        async with FakeShortAPI(run_time=0, render=True) as fake:
             url = await finished_job(http, fake, data_uri(IMAGES[0]))
             _, _, whole = await fetch(http, url)
             status, headers, part = await fetch(http, url, {"Range": "bytes=100-299"})
@@ -213,7 +213,7 @@ class TestFakeRender:
         """Several downloads at once of a new job's file render it once and get the same bytes."""
         bodies: list[bytes] = []
 
-        async with FakeShortAPI(render=True) as fake:
+        async with FakeShortAPI(run_time=0, render=True) as fake:
             url = await finished_job(http, fake, data_uri(IMAGES[1]))
 
             async def download() -> None:
@@ -228,18 +228,18 @@ class TestFakeRender:
         assert fake.stats.clips_rendered == 1
 
     @pytest.mark.anyio
-    async def test_url_image_falls_back_to_the_sample(self, http: aiohttp.ClientSession) -> None:
-        """A job whose image is a web URL (never fetched) is served the bundled sample."""
-        async with FakeShortAPI(render=True) as fake:
+    async def test_url_image_falls_back_to_a_plain_clip(self, http: aiohttp.ClientSession) -> None:
+        """A job whose image is a web URL (never fetched) is served a plain clip of its length."""
+        async with FakeShortAPI(run_time=0, render=True) as fake:
             url = await finished_job(http, fake, "https://example.com/a.png")
             _, _, body = await fetch(http, url)
-        assert body == SAMPLE
+        assert body == plain_clip(2, 480, 270)
         assert fake.stats.clips_rendered == 0
 
     @pytest.mark.anyio
     async def test_cut_short_download_announces_the_clip(self, http: aiohttp.ClientSession) -> None:
         """A truncated download sends the clip's first half, so resuming it builds the clip."""
-        async with FakeShortAPI(render=True) as fake:
+        async with FakeShortAPI(run_time=0, render=True) as fake:
             url = await finished_job(http, fake, data_uri(HARBOUR))
             fake.script("download", [Fault.TRUNCATED_JSON])
             received = bytearray()
@@ -259,11 +259,14 @@ class TestFakeRender:
         assert whole != SAMPLE
 
     @pytest.mark.anyio
-    async def test_default_serves_the_bundled_sample(self, http: aiohttp.ClientSession) -> None:
-        """Without render the file is the bundled sample, byte for byte, whatever the image."""
-        async with FakeShortAPI() as fake:
+    async def test_default_serves_a_plain_clip_whatever_the_image(
+        self, http: aiohttp.ClientSession
+    ) -> None:
+        """Without render the file is the plain clip of the job's length, whatever the image."""
+        async with FakeShortAPI(run_time=0) as fake:
             url = await finished_job(http, fake, data_uri(HARBOUR))
             status, _, body = await fetch(http, url)
         assert status == 200
-        assert body == SAMPLE
+        assert body == plain_clip(2, 480, 270)
+        assert body != SAMPLE
         assert fake.stats.clips_rendered == 0

@@ -7,12 +7,13 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import aiohttp
 import pytest
 
 from shortwan import (
+    APIError,
     AsyncShortWan,
     AuthenticationError,
     BadRequestError,
@@ -38,7 +39,7 @@ FAST = Timeouts(connect=2.0, pool=2.0, read=0.5, request=2.0)
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeShortAPI]:
-    async with FakeShortAPI(slow_delay=3.0) as server:
+    async with FakeShortAPI(run_time=0, slow_delay=3.0) as server:
         yield server
 
 
@@ -175,21 +176,47 @@ class TestSubmitAndQuery:
         assert fake.stats.queries == 0
 
     @pytest.mark.anyio
-    async def test_wrong_key_is_authentication_error(self, fake: FakeShortAPI) -> None:
-        """A refused key raises AuthenticationError and is not retried."""
-        async with AsyncShortWan("ak-wrong", base_url=fake.url) as client:
+    async def test_wrong_key_is_authentication_error(self) -> None:
+        """A key refused with HTTP 401 raises AuthenticationError and is not retried."""
+        async with (
+            FakeShortAPI(run_time=0, error_transport="http") as fake,
+            AsyncShortWan("ak-wrong", base_url=fake.url) as client,
+        ):
             with pytest.raises(AuthenticationError) as info:
                 await client.submit(req())
         assert info.value.status == 401
         assert fake.stats.creates_received == 1
 
     @pytest.mark.anyio
-    async def test_low_balance_is_insufficient_balance(self) -> None:
-        """A create the balance cannot pay raises InsufficientBalanceError; no job exists."""
-        async with FakeShortAPI(balance=Decimal("0.5")) as fake, client_for(fake) as client:
+    async def test_wrong_key_in_the_envelope_is_a_final_api_error(self, fake: FakeShortAPI) -> None:
+        """A key refused as HTTP 200 with a code raises APIError with that code, not retried."""
+        async with AsyncShortWan("ak-wrong", base_url=fake.url) as client:
+            with pytest.raises(APIError) as info:
+                await client.submit(req())
+        assert type(info.value) is APIError
+        assert (info.value.status, info.value.code) == (200, 401)
+        assert fake.stats.creates_received == 1
+        assert fake.stats.jobs_created == 0
+
+    @pytest.mark.parametrize(
+        ("transport", "error"),
+        [("http", InsufficientBalanceError), ("envelope", APIError)],
+    )
+    @pytest.mark.anyio
+    async def test_low_balance_is_insufficient_balance(
+        self, transport: Literal["envelope", "http"], error: type[APIError]
+    ) -> None:
+        """A create the balance cannot pay raises InsufficientBalanceError (HTTP 402) or, in the
+        envelope, an APIError with the code; no job exists either way."""
+        async with (
+            FakeShortAPI(run_time=0, balance=Decimal("0.5"), error_transport=transport) as fake,
+            client_for(fake) as client,
+        ):
             await client.submit(req())
-            with pytest.raises(InsufficientBalanceError):
+            with pytest.raises(error) as info:
                 await client.submit(req("second"))
+        assert type(info.value) is error
+        assert info.value.code == 402
         assert fake.stats.jobs_created == 1
 
     @pytest.mark.anyio
@@ -289,7 +316,7 @@ class TestCreateSafety:
     @pytest.mark.anyio
     async def test_long_retry_after_raises_rate_limit_at_once(self) -> None:
         """A Retry-After beyond max_retry_after is not slept through: RateLimitError carries it."""
-        async with FakeShortAPI(retry_after="120") as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, retry_after="120") as fake, client_for(fake) as client:
             fake.script("create", [Fault.RATE_LIMIT])
             with pytest.raises(RateLimitError) as info:
                 await client.submit(req())
@@ -303,7 +330,7 @@ class TestCreateSafety:
         set_testing(False)  # the pause is real time here
         retry = RetryPolicy(max_retry_after=0.5)
         async with (
-            FakeShortAPI(retry_after="120") as fake,
+            FakeShortAPI(run_time=0, retry_after="120") as fake,
             client_for(fake, retry=retry) as client,
         ):
             fake.script("query", [Fault.RATE_LIMIT])
@@ -366,7 +393,7 @@ class TestQueryFaults:
     @pytest.mark.anyio
     async def test_every_result_shape_gives_the_url(self, shape: str) -> None:
         """videos, images, url and video_url answers all yield the video URL."""
-        async with FakeShortAPI(result_shape=shape) as fake, client_for(fake) as client:  # type: ignore[arg-type]
+        async with FakeShortAPI(run_time=0, result_shape=shape) as fake, client_for(fake) as client:  # type: ignore[arg-type]
             job = await client.submit(req())
             snap = await client.get_job(job.id)
         assert snap.video is not None
@@ -375,7 +402,7 @@ class TestQueryFaults:
     @pytest.mark.anyio
     async def test_extra_fields_are_ignored(self) -> None:
         """Unknown keys in the envelope, data and result change nothing."""
-        async with FakeShortAPI(extra_fields=True) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, extra_fields=True) as fake, client_for(fake) as client:
             job = await client.submit(req())
             snap = await client.get_job(job.id)
         assert snap.succeeded
@@ -385,7 +412,7 @@ class TestQueryFaults:
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A status number the SDK does not know is UNKNOWN, kept raw, logged, and terminal."""
-        async with FakeShortAPI(unknown_status=7) as fake, client_for(fake) as client:
+        async with FakeShortAPI(run_time=0, unknown_status=7) as fake, client_for(fake) as client:
             job = await client.submit(req())
             with caplog.at_level(logging.WARNING, logger="shortwan"):
                 snap = await client.get_job(job.id)

@@ -44,7 +44,19 @@ def _client(ctx: click.Context) -> AsyncShortWan:
     return AsyncShortWan(settings["api_key"], base_url=settings["base_url"], poll=settings["poll"])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; ``fake-server``, whose options come from the fake, is built on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "fake-server"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "fake-server":
+            return fake_server()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--api-key",
     envvar="SHORTAPI_KEY",
@@ -84,7 +96,6 @@ def main(
         )
 
 
-main.add_command(fake_server)
 main.add_command(demo)
 
 

@@ -1,7 +1,7 @@
 """The two commands that run the test fake: ``fake-server`` and ``demo``.
 
 They are the only code of the command line that imports :mod:`shortwan.testing`, and they do so
-when they run, so no other command loads the fake.
+when they run (``fake-server`` when it is built), so no other command loads the fake.
 """
 
 from __future__ import annotations
@@ -23,43 +23,35 @@ from ._run import BatchJob, run_batch
 __all__ = ["demo", "fake_server"]
 
 
-# Every option but --faults goes to FakeShortAPI as the keyword of the same name: a new knob of
-# the fake is one more @click.option here. An option left unset keeps the fake's own default.
-@click.command("fake-server")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option(
-    "--faults",
-    default="none",
-    show_default=True,
-    help="Trouble to add: none, flaky (only what a client may retry) or chaos.",
-)
-@click.option("--speed", type=click.FloatRange(min=0.001), default=1.0, show_default=True)
-@click.option("--render/--no-render", default=True, help="Make each video from its image.")
-@click.option("--seed", type=int, default=0)
-def fake_server(*, faults: str, **options: Any) -> None:
-    """Run a local fake of the service (no key, no network) until Ctrl-C."""
-    from ..testing._process import FAULT_LEVELS, serve_forever  # noqa: PLC0415 - this command only
+def fake_server() -> click.Command:
+    """Build the ``fake-server`` command.
 
-    if faults not in FAULT_LEVELS:
-        raise click.BadParameter(
-            f"{faults!r} is not one of {', '.join(FAULT_LEVELS)}", param_hint="'--faults'"
-        )
-    options = {name: value for name, value in options.items() if value is not None}
+    Its options are the fake's own table (``shortwan.testing._serve``), so ``shortwan
+    fake-server`` and ``python -m shortwan.testing`` take the same ones; the command is built when
+    it is asked for, so no other command loads the fake.
+    """
+    from ..testing._serve import click_options, serve_forever  # noqa: PLC0415 - see above
 
-    def ready(url: str, key: str) -> None:
-        speed = options.get("speed", 1.0)
-        console.print(f"FakeShortAPI at {url} (faults: {faults}, speed ×{speed})", markup=False)
-        console.print(
-            f"export SHORTWAN_BASE_URL={url} SHORTAPI_KEY={key} SHORTWAN_POLL=fast",
-            soft_wrap=True,
-            markup=False,
-        )
+    @click.command("fake-server")
+    @click_options
+    def command(**options: Any) -> None:
+        """Run a local fake of the service (no key, no network) until Ctrl-C."""
 
-    try:
-        anyio.run(functools.partial(serve_forever, faults=faults, ready=ready, **options))
-    except KeyboardInterrupt:
-        err.print("stopped")
+        def ready(url: str, key: str) -> None:
+            shown = f"faults: {options['faults']}, speed ×{options['speed']}"
+            console.print(f"FakeShortAPI at {url} ({shown})", markup=False)
+            console.print(
+                f"export SHORTWAN_BASE_URL={url} SHORTAPI_KEY={key} SHORTWAN_POLL=fast",
+                soft_wrap=True,
+                markup=False,
+            )
+
+        try:
+            anyio.run(functools.partial(serve_forever, ready=ready, **options))
+        except KeyboardInterrupt:
+            err.print("stopped")
+
+    return command
 
 
 DEMO_PROMPTS: Final = {

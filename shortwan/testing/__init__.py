@@ -6,17 +6,23 @@ faults, rate limits and callbacks; ``set_testing(True)`` makes retries skip thei
 
 from shortwan._config import PollPolicy, set_testing
 
-from ._fake import DEFAULT_API_KEY, FakeJob, FakeShortAPI, FakeStats, Fault, JobPlan
+from ._answers import ErrorCodes
+from ._fake import DEFAULT_API_KEY, FakeShortAPI
+from ._faults import Fault
+from ._jobs import FakeJob, JobPlan, Timing
 from ._process import FakeProcess, fake_process
+from ._stats import FakeStats
 
 __all__ = [
     "DEFAULT_API_KEY",
+    "ErrorCodes",
     "FakeJob",
     "FakeProcess",
     "FakeShortAPI",
     "FakeStats",
     "Fault",
     "JobPlan",
+    "Timing",
     "fake_process",
     "fast_poll",
     "set_testing",

@@ -8,78 +8,16 @@ counters over a pipe.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import anyio
 import attrs
 
-from ._fake import Endpoint, FakeShortAPI, Fault
+from ._fake import FakeShortAPI
 
-__all__ = ["FAULT_LEVELS", "FakeProcess", "fake_process", "fault_rates", "serve_forever"]
-
-FAULT_LEVELS = ("none", "flaky", "chaos")
-
-
-def fault_rates(level: str) -> dict[Endpoint, dict[Fault, float]]:
-    """Return the fault mix of a named level: ``none``, ``flaky`` (safe trouble) or ``chaos``.
-
-    ``flaky`` only adds trouble a client can retry without risk (refusals, 503s, broken query
-    answers, cut downloads); ``chaos`` also loses create answers after the job was made, which
-    a careful client must report as uncertain rather than resend.
-    """
-    if level == "none":
-        return {}
-    safe: dict[Endpoint, dict[Fault, float]] = {
-        "create": {Fault.RATE_LIMIT: 0.03, Fault.UNAVAILABLE: 0.03, Fault.CODE_3000: 0.03},
-        "query": {
-            Fault.RATE_LIMIT: 0.03,
-            Fault.UNAVAILABLE: 0.03,
-            Fault.HTML_502: 0.03,
-            Fault.RESET_BEFORE: 0.03,
-        },
-        "download": {Fault.TRUNCATED_JSON: 0.1, Fault.UNAVAILABLE: 0.05},
-    }
-    if level == "flaky":
-        return safe
-    if level == "chaos":
-        safe["create"].update({Fault.RESET_AFTER: 0.02, Fault.HTML_502: 0.02})
-        safe["query"].update({Fault.TRUNCATED_JSON: 0.05, Fault.RESET_AFTER: 0.05})
-        return safe
-    raise ValueError(f"fault level must be one of {', '.join(FAULT_LEVELS)}, got {level!r}")
-
-
-async def serve_forever(
-    *,
-    ready: Callable[[str, str], None],
-    faults: str = "none",
-    **options: Any,
-) -> None:
-    """Run FakeShortAPI until cancelled; ``ready(url, api_key)`` is called once it listens."""
-    options.setdefault("queue_time", 2.0)
-    options.setdefault("run_time", 8.0)
-    options.setdefault("jitter", 0.3)
-    if faults == "chaos":
-        options.setdefault("failure_rate", 0.1)
-    async with FakeShortAPI(fault_rates=fault_rates(faults), **options) as fake:
-        ready(fake.url, fake.api_key)
-        await anyio.sleep_forever()
-
-
-def _stats(fake: Any) -> dict[str, Any]:
-    stats = fake.stats
-    return {
-        "creates_received": stats.creates_received,
-        "jobs_created": stats.jobs_created,
-        "jobs_by_prompt": dict(stats.jobs_by_prompt),
-        "creates_rejected": stats.creates_rejected,
-        "queries": stats.queries,
-        "rate_limited": stats.rate_limited,
-        "callbacks_sent": stats.callbacks_sent,
-        "downloads": len(stats.downloads),
-        "faults": dict(stats.faults),
-    }
+__all__ = ["FakeProcess", "fake_process"]
 
 
 def _serve(conn: Any, options: dict[str, Any], plan: str | None) -> None:
@@ -105,7 +43,7 @@ def _serve(conn: Any, options: dict[str, Any], plan: str | None) -> None:
                         }
                     )
                 elif message == "stats":
-                    conn.send(_stats(fake))
+                    conn.send(fake.stats.summary())
                 elif isinstance(message, tuple) and message[0] == "add_jobs":
                     conn.send(fake.add_jobs(message[1], prefix=message[2]))
 

@@ -1,31 +1,48 @@
-"""Turn a still image into a short clip, so the fake's result videos show each job's input.
+"""Make the clips the fake serves: from a job's image, or plain, of the length the job asked for.
 
-The clip is a slow zoom-in or a left-to-right pan over the image ("Ken Burns"), H.264 in MP4,
-made in memory with Pillow and PyAV (the ``media`` and ``video`` extras). Without them, or for
-bytes that are not an image, :func:`render_clip` returns ``None`` and the caller falls back to
-the bundled sample.
+:func:`render_clip` turns a still image into a slow zoom-in or a left-to-right pan over it ("Ken
+Burns"), with Pillow and PyAV (the ``media`` and ``video`` extras). :func:`plain_clip` needs PyAV
+only: a bar sweeps once across a gradient while a row of ticks counts the seconds. Both are H.264
+in MP4, made in memory; both return ``None`` when an extra is missing (or, for
+:func:`render_clip`, the bytes are not an image), and the caller falls back.
+
+Served clips keep the 16:9 frame of the asked resolution at a quarter of its sides
+(:data:`FRAME_SIZES`) and :data:`FPS` frames a second: cheap to encode, many at a time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import logging
 import math
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["MOTIONS", "image_bytes_from_arg", "render_clip", "sample_images"]
+__all__ = [
+    "FPS",
+    "FRAME_SIZES",
+    "MOTIONS",
+    "image_bytes_from_arg",
+    "plain_clip",
+    "render_clip",
+    "sample_images",
+]
 
 logger = logging.getLogger("shortwan.testing")
 
 MOTIONS: Final = ("zoom", "pan")
+FRAME_SIZES: Final = MappingProxyType({"720p": (320, 180), "1080p": (480, 270)})
+FPS: Final = 8
 # The zoom ends this much closer than it starts; the pan shows this share of the fitted width.
 ZOOM: Final = 1.25
 PAN_WINDOW: Final = 0.8
@@ -102,10 +119,7 @@ def render_clip(
     """
     if motion not in MOTIONS:
         raise ValueError(f"motion must be one of {MOTIONS}, not {motion!r}")
-    if not (seconds > 0 and fps > 0 and width > 0 and height > 0):
-        raise ValueError("seconds, fps, width and height must be positive")
-    if width % 2 or height % 2:
-        raise ValueError("width and height must be even")
+    _check_shape(seconds, width, height, fps)
     try:
         import av  # noqa: PLC0415 - optional dependency
         from PIL import Image  # noqa: PLC0415 - optional dependency
@@ -115,6 +129,73 @@ def render_clip(
     if source is None:
         return None
     count = max(1, round(seconds * fps))
+
+    def frames() -> Iterator[Any]:
+        for box in _windows(source.size, width / height, count, motion):
+            # A float box crops and scales in one step, with sub-pixel precision, so slow
+            # motion glides instead of stepping a whole pixel at a time. Bicubic is sharp at
+            # these under-2x reductions and rings less than Lanczos at flat shapes' edges.
+            frame = source.resize((width, height), Image.Resampling.BICUBIC, box=box)
+            yield av.VideoFrame.from_image(frame)  # type: ignore[no-untyped-call]
+
+    return _encode(av, frames(), width, height, fps, crf=23)
+
+
+@functools.lru_cache(maxsize=32)
+def plain_clip(seconds: int, width: int, height: int, fps: int = FPS) -> bytes | None:
+    """Return a clip without a source image, as H.264 MP4 bytes; ``None`` without PyAV.
+
+    A light bar sweeps once from left to right over a dark gradient, and a row of ticks at the
+    bottom fills one tick per second, so a player shows the length at a glance. The result is
+    kept per arguments (the encoder is not bit-exact, and the same job must get the same bytes).
+    Blocks for about 0.01 s per second of clip at 480x270; from async code run it in a thread.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+    _check_shape(seconds, width, height, fps)
+    try:
+        import av  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    return _encode(av, _plain_frames(av, seconds, width, height, fps), width, height, fps, crf=30)
+
+
+def _check_shape(seconds: float, width: int, height: int, fps: int) -> None:
+    if not (seconds > 0 and fps > 0 and width > 0 and height > 0):
+        raise ValueError("seconds, fps, width and height must be positive")
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even")
+
+
+def _plain_frames(av: Any, seconds: int, width: int, height: int, fps: int) -> Iterator[Any]:
+    """Yield the frames of :func:`plain_clip`, painted straight into YUV planes."""
+    count = seconds * fps
+    strip = max(2, height // 10) & ~1
+    bar = max(2, width // 40)
+    gradient = bytes(40 + 80 * x // width for x in range(width))
+    for index in range(count):
+        frame = av.VideoFrame(width, height, "yuv420p")
+        luma, blue, red = frame.planes
+        pad = bytes(luma.line_size - width)
+        left = round(index / max(1, count - 1) * (width - bar))
+        row = gradient[:left] + b"\xeb" * bar + gradient[left + bar :] + pad
+        ticks = bytearray(width)
+        for second in range(index // fps + 1):
+            # A gap between cells, so the seconds can be counted.
+            start, end = second * width // seconds, (second + 1) * width // seconds
+            ticks[start + 1 : end - 1] = b"\xc0" * max(0, end - start - 2)
+        luma.update(row * (height - strip) + (bytes(ticks) + pad) * strip)
+        # Flat colour planes: the tint tells nothing, and constant planes cost the encoder nothing.
+        blue.update(b"\x96" * blue.buffer_size)
+        red.update(b"\x70" * red.buffer_size)
+        yield frame
+
+
+def _encode(
+    av: Any, frames: Iterator[Any], width: int, height: int, fps: int, *, crf: int
+) -> bytes | None:
+    """Encode ``frames`` as H.264 in MP4 and return the file's bytes; ``None`` if it fails."""
     buffer = io.BytesIO()
     try:
         # No "+faststart": moving the index to the front rereads the output, which a BytesIO
@@ -124,14 +205,9 @@ def render_clip(
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
             # Speed over size: the clip is made while a client waits for its download.
-            stream.options = {"crf": "23", "preset": "veryfast"}
-            for box in _windows(source.size, width / height, count, motion):
-                # A float box crops and scales in one step, with sub-pixel precision, so slow
-                # motion glides instead of stepping a whole pixel at a time. Bicubic is sharp at
-                # these under-2x reductions and rings less than Lanczos at flat shapes' edges.
-                frame = source.resize((width, height), Image.Resampling.BICUBIC, box=box)
-                video_frame = av.VideoFrame.from_image(frame)  # type: ignore[no-untyped-call]
-                container.mux(stream.encode(video_frame))
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            for frame in frames:
+                container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
     except (av.FFmpegError, av.codec.codec.UnknownCodecError) as exc:
         # A PyAV build without libx264, or an encoder refusing the options: fall back, loudly.

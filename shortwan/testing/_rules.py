@@ -1,7 +1,8 @@
 """The fake service's own checks of a create body, written apart from the client's models.
 
 Keeping them separate means a bug in the client's validation shows up as a disagreement in tests
-instead of hiding behind shared code.
+instead of hiding behind shared code. Data-URI images are held to the image rules of protocol.md
+§6 (format, sides, aspect ratio, no transparency, size), read from their headers by ``_images``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-__all__ = ["MODEL", "check_create"]
+from ._images import ImageHeader, read_header, transparent_pixels
+
+__all__ = ["IMAGE_LIMIT", "MAX_ASPECT", "MAX_SIDE", "MIN_SIDE", "MODEL", "check_create"]
 
 MODEL: Final = "alibaba/wan-2.7/image-to-video"
 _BODY_KEYS: Final = frozenset({"model", "args", "callback_url"})
@@ -39,7 +42,10 @@ _ALLOWED: Final = frozenset(
 )
 _ARG_KEYS: Final = frozenset({*_STRINGS, "resolution", "duration", "prompt_extend", *_MEDIA})
 _IMAGE_URI: Final = re.compile(r"data:image/(jpeg|jpg|png|bmp|webp);base64,([A-Za-z0-9+/=\s]+)")
-_IMAGE_LIMIT: Final = 20_000_000
+IMAGE_LIMIT: Final = 20_000_000
+MIN_SIDE: Final = 240
+MAX_SIDE: Final = 8000
+MAX_ASPECT: Final = 8
 
 
 def _is_web_url(value: str) -> bool:
@@ -50,17 +56,45 @@ def _is_web_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
 
 
-def _image_ok(value: str) -> bool:
+def _image_problem(key: str, value: str) -> str | None:
+    """Return the image rule ``value`` breaks, or ``None``: URLs are not fetched, only checked."""
     if _is_web_url(value):
-        return True
+        return None
     match = _IMAGE_URI.fullmatch(value)
     if match is None:
-        return False
+        return f"{key} must be an http(s) URL or an image data URI"
+    payload = match[2]
+    chars = len(payload) - sum(payload.count(space) for space in " \t\r\n")
+    # Four base64 characters hold three bytes (less up to two of padding): a payload this long
+    # is over the limit without decoding it.
+    if chars * 3 // 4 - 2 > IMAGE_LIMIT:
+        return f"{key}: the image is over {IMAGE_LIMIT:,} bytes (20 MB), the limit"
     try:
-        data = base64.b64decode(match[2], validate=False)
+        data = base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError):
-        return False
-    return 0 < len(data) <= _IMAGE_LIMIT
+        return f"{key}: the data URI's base64 does not decode"
+    if not data:
+        return f"{key}: the data URI holds no image"
+    if len(data) > IMAGE_LIMIT:
+        return f"{key}: the image is {len(data):,} bytes, over the {IMAGE_LIMIT:,} (20 MB) limit"
+    header = read_header(data)
+    if isinstance(header, str):
+        return f"{key}: the image must be JPEG, PNG, BMP or WEBP; {header}"
+    return _header_problem(key, header, data)
+
+
+def _header_problem(key: str, header: ImageHeader, data: bytes) -> str | None:
+    width, height = header.width, header.height
+    for side, size in (("width", width), ("height", height)):
+        if not MIN_SIDE <= size <= MAX_SIDE:
+            return f"{key}: each side must be {MIN_SIDE} to {MAX_SIDE} px; the {side} is {size} px"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"{key}: the aspect ratio must be 1:8 to 8:1; this image is {width}:{height}"
+    # Pillow, when present, tells an opaque RGBA file from a transparent one, as the client's
+    # local check does; without it the declared alpha channel decides.
+    if header.format == "PNG" and header.alpha and transparent_pixels(data) is not False:
+        return f"{key}: a PNG image must have no transparency"
+    return None
 
 
 def check_create(body: object) -> tuple[list[str], Mapping[str, Any]]:
@@ -103,8 +137,9 @@ def check_create(body: object) -> tuple[list[str], Mapping[str, Any]]:
         if not isinstance(value, str):
             problems.append(f"{key} must be a string")
         elif key.endswith("_image"):
-            if not _image_ok(value):
-                problems.append(f"{key} must be an http(s) URL or an image data URI")
+            problem = _image_problem(key, value)
+            if problem is not None:
+                problems.append(problem)
         elif not _is_web_url(value):
             problems.append(f"{key} must be an http(s) URL")
     if frozenset(given) not in _ALLOWED:
