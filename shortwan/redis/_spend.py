@@ -219,7 +219,10 @@ def to_micro(amount: Decimal, *, up: bool) -> int:
 
 
 def _usd(micro: int) -> Decimal:
-    return (Decimal(micro) / MICRO).normalize() if micro else Decimal(0)
+    value = Decimal(micro).scaleb(-6).normalize()
+    # normalize() writes whole tens as 1E+1: keep plain digits for messages and figures.
+    exponent = value.as_tuple().exponent
+    return value.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else value
 
 
 @attrs.frozen(kw_only=True)

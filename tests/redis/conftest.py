@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis_harness import INSTALL_HINT, RedisServer, redis_server_binary
 
 from shortwan.redis import SharedState, connect
-
-from redis_harness import INSTALL_HINT, RedisServer, redis_server_binary
 
 
 def _binary() -> str:

@@ -1,13 +1,23 @@
-"""A real redis-server for the tests: a free loopback port, no persistence, stop and start at will."""
+"""A real redis-server for the tests (free loopback port, no persistence), and worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 INSTALL_HINT = "redis-server is not installed: apt-get install redis-server"
 
@@ -47,7 +57,7 @@ class RedisServer:
     def start(self) -> None:
         """Start the server and return once it answers PING."""
         assert self.process is None
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own server binary
             [
                 self.binary,
                 "--port",
@@ -95,3 +105,59 @@ class RedisServer:
         """Stop the server and start an empty one on the same port."""
         self.stop()
         self.start()
+
+
+CHILD = Path(__file__).with_name("redis_child.py")
+
+
+def child_command(role: str, url: str, namespace: str, options: dict[str, Any]) -> list[str]:
+    """Return the command line of one worker process of the tests."""
+    return [sys.executable, str(CHILD), role, url, namespace, json.dumps(options)]
+
+
+async def run_child(
+    role: str, url: str, namespace: str, options: dict[str, Any], *, timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Run one worker process to its end; return the JSON lines it printed."""
+    with anyio.fail_after(timeout):
+        result = await anyio.run_process(child_command(role, url, namespace, options), check=False)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{role} child exited with {result.returncode}:\n{result.stderr.decode()[-3000:]}"
+        )
+    return [json.loads(line) for line in result.stdout.decode().splitlines() if line.strip()]
+
+
+class Child:
+    """A long-lived worker process whose JSON lines are read one at a time."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        assert process.stdout is not None
+        self._lines = BufferedByteReceiveStream(process.stdout)
+
+    async def line(self, timeout: float = 30) -> dict[str, Any]:
+        """Return the next JSON line the process printed."""
+        with anyio.fail_after(timeout):
+            raw = await self._lines.receive_until(b"\n", 10_000_000)
+        return dict(json.loads(raw))
+
+    def kill(self) -> None:
+        """Kill the process with SIGKILL: nothing of it runs any more, no cleanup."""
+        self.process.send_signal(signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def child(
+    role: str, url: str, namespace: str, options: dict[str, Any]
+) -> AsyncIterator[Child]:
+    """Start a worker process; kill it on the way out if it is still running."""
+    process = await anyio.open_process(child_command(role, url, namespace, options))
+    async with process:
+        try:
+            yield Child(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
