@@ -166,6 +166,8 @@ class JobView:
         self.ttl = ttl
         self._subscribers: dict[str, list[Callable[[JobEnd], None]]] = {}
         self._listening = False
+        # Ids subscribed to since the last look-up: one MGET serves a burst of subscriptions.
+        self._to_look_up: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<JobView namespace={self._link.namespace!r} watched={len(self._subscribers)}>"
@@ -240,7 +242,9 @@ class JobView:
             self._reader.listen(
                 self._link.keys.ends, self._on_entries, from_now=True, armed=self._look_up_all
             )
-        self._link.spawn(lambda: self._look_up([job_id]))
+        if not self._to_look_up:
+            self._link.spawn(self._look_up_new)
+        self._to_look_up.add(job_id)
         return cancel
 
     async def wait(self, job_id: str, *, timeout: float | None = DEFAULT_JOB_TIMEOUT) -> JobEnd:
@@ -297,6 +301,11 @@ class JobView:
 
     async def _look_up_all(self) -> None:
         await self._look_up(list(self._subscribers))
+
+    async def _look_up_new(self) -> None:
+        await self._reader.ready()
+        ids, self._to_look_up = list(self._to_look_up), set()
+        await self._look_up(ids)
 
     async def _look_up(self, job_ids: Iterable[str]) -> None:
         # The reader must be reading before the look-up, so that an end published between the

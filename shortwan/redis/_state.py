@@ -12,7 +12,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -187,8 +187,11 @@ async def connect(
         raise ConfigurationError(f"the Redis URL must be a string, got {type(url).__name__}")
     address = _address(url)
     try:
-        pool = ConnectionPool.from_url(
+        # A caller waits for a free connection (up to the command timeout) rather than failing
+        # when many tasks call at once: a full pool is not an outage.
+        pool = BlockingConnectionPool.from_url(
             url,
+            timeout=command_timeout,
             socket_connect_timeout=connect_timeout,
             socket_timeout=command_timeout,
             # One quick retry covers a pooled connection the server closed; anything longer is an
