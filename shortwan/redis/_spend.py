@@ -24,6 +24,7 @@ import attrs
 from redis.typing import EncodableT
 
 from .._errors import ConfigurationError, SharedStateError
+from ._books import OPEN, READ, REFUND, RENEW, RESERVE, SETTLE
 from ._core import Link, text
 from ._lua import Script
 
@@ -32,175 +33,10 @@ __all__ = ["SharedSpendCounter", "SpendFigures"]
 logger = logging.getLogger("shortwan")
 
 MICRO: Final = Decimal(1_000_000)
-_DONE_TTL: Final = 7 * 24 * 3600
-# Past its end a window's books are kept this long, for late settles and for reading.
-_WINDOW_GRACE: Final = 2 * 24 * 3600
-_SWEEP: Final = 64  # expired leases cleared per call, bounding the script's time
+# Charges remembered for their refunds (by window); past this many the memory starts over.
 _KEEP_CHARGES: Final = 100_000
 
 Window = Literal["day", "month"]
-
-# Lua helpers for one counter: its books are the hash {prefix}:{window} (fields spent, reserved,
-# l:<lease id> = the lease's micro-dollars) and the sorted set {prefix}:{window}:leases (lease id
-# scored by its expiry in server milliseconds).
-_BOOKS = (
-    f"local SWEEP, GRACE, DONE_TTL = {_SWEEP}, {_WINDOW_GRACE}, {_DONE_TTL}\n"
-    + """
-local prefix = ARGV[1]
-local function books(win) return prefix .. ':' .. win, prefix .. ':' .. win .. ':leases' end
-local function sweep(book, leases, now)
-  local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, SWEEP)
-  for _, id in ipairs(gone) do
-    local amount = redis.call('HGET', book, 'l:' .. id)
-    if amount then
-      redis.call('HINCRBY', book, 'reserved', '-' .. amount)
-      redis.call('HDEL', book, 'l:' .. id)
-    end
-    redis.call('ZREM', leases, id)
-  end
-end
-local function keep(book, leases, win)
-  local ends = window_end(win)
-  if ends then
-    redis.call('EXPIREAT', book, ends + GRACE)
-    redis.call('EXPIREAT', leases, ends + GRACE)
-  end
-end
-local function figures(book)
-  local limit = redis.call('HGET', prefix .. ':conf', 'limit') or '-1'
-  return {tonumber(redis.call('HGET', book, 'spent') or '0'),
-    tonumber(redis.call('HGET', book, 'reserved') or '0'), tonumber(limit)}
-end
-local function current()
-  local kind = redis.call('HGET', prefix .. ':conf', 'window') or ARGV[3]
-  return window_at(kind, math.floor(now_ms() / 1000))
-end
-local function first(op)
-  return redis.call('SET', prefix .. ':done:' .. op, '1', 'NX', 'EX', DONE_TTL)
-end
-"""
-)
-
-# ARGV: prefix, limit, window kind. Writes the settings of a new counter; returns the shared ones.
-_OPEN = Script(
-    """
-local conf = ARGV[1] .. ':conf'
-if ARGV[2] ~= '' and redis.call('HSETNX', conf, 'limit', ARGV[2]) == 1 then
-  redis.call('HSET', conf, 'window', ARGV[3])
-end
-return redis.call('HMGET', conf, 'limit', 'window')
-"""
-)
-
-# ARGV: prefix, limit (used when the settings are gone), window kind, amount, lease id, lease ms.
-_RESERVE = Script(
-    _BOOKS
-    + """
-local conf = prefix .. ':conf'
-if redis.call('HSETNX', conf, 'limit', ARGV[2]) == 1 then
-  redis.call('HSET', conf, 'window', ARGV[3])
-end
-if redis.call('HGET', conf, 'window') ~= ARGV[3] then
-  return redis.error_reply('shortwan: this spend counter has another window')
-end
-local now = now_ms()
-local win = window_at(ARGV[3], math.floor(now / 1000))
-local book, leases = books(win)
-sweep(book, leases, now)
-local f = figures(book)
-local amount = tonumber(ARGV[4])
-if f[1] + f[2] + amount > f[3] then return {0, win, f[1], f[2], f[3]} end
-redis.call('HINCRBY', book, 'reserved', ARGV[4])
-redis.call('HSET', book, 'l:' .. ARGV[5], ARGV[4])
-redis.call('ZADD', leases, now + tonumber(ARGV[6]), ARGV[5])
-keep(book, leases, win)
-return {1, win, f[1], f[2] + amount, f[3]}
-""",
-    calendar=True,
-)
-
-# ARGV: prefix, window, kind, lease id, reserved micro, charged micro ('' = the reservation).
-# The lease id doubles as the operation id: a reservation is settled or released once.
-_SETTLE = Script(
-    _BOOKS
-    + """
-local win = ARGV[2]
-if win == '' then win = current() end
-local book, leases = books(win)
-if not first(ARGV[4]) then return {0, win, unpack(figures(book))} end
-local held = redis.call('HGET', book, 'l:' .. ARGV[4])
-if held then
-  redis.call('HINCRBY', book, 'reserved', '-' .. held)
-  redis.call('HDEL', book, 'l:' .. ARGV[4])
-  redis.call('ZREM', leases, ARGV[4])
-end
-local charge = ARGV[6]
-if charge == '' then charge = held or ARGV[5] end
-if charge ~= 'release' and tonumber(charge) > 0 then
-  redis.call('HINCRBY', book, 'spent', charge)
-end
-keep(book, leases, win)
-sweep(book, leases, now_ms())
-return {1, win, unpack(figures(book))}
-""",
-    calendar=True,
-)
-
-# ARGV: prefix, window ('' = the current one), kind, operation id, micro-dollars.
-_REFUND = Script(
-    _BOOKS
-    + """
-local win = ARGV[2]
-if win == '' then win = current() end
-local book, leases = books(win)
-if not first(ARGV[4]) then return {0, win, unpack(figures(book))} end
-if redis.call('HINCRBY', book, 'spent', '-' .. ARGV[5]) < 0 then
-  redis.call('HSET', book, 'spent', '0')
-end
-keep(book, leases, win)
-return {1, win, unpack(figures(book))}
-""",
-    calendar=True,
-)
-
-# ARGV: prefix, lease ms, kind, then (window, lease id, micro) for each lease. A lease the server
-# no longer has (it lapsed while this process could not reach Redis, or the server restarted
-# empty) is held again: its create is still under way, so its money is still committed.
-_RENEW = Script(
-    _BOOKS
-    + """
-local now = now_ms()
-local again = 0
-for i = 4, #ARGV, 3 do
-  local win, id, amount = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local book, leases = books(win)
-  if redis.call('EXISTS', prefix .. ':done:' .. id) == 0 then
-    if redis.call('ZADD', leases, 'XX', 'CH', now + tonumber(ARGV[2]), id) == 0
-        and not redis.call('ZSCORE', leases, id) then
-      redis.call('HINCRBY', book, 'reserved', amount)
-      redis.call('HSET', book, 'l:' .. id, amount)
-      redis.call('ZADD', leases, now + tonumber(ARGV[2]), id)
-      again = again + 1
-    end
-    keep(book, leases, win)
-  end
-end
-return again
-""",
-    calendar=True,
-)
-
-# ARGV: prefix, (unused), kind.
-_READ = Script(
-    _BOOKS
-    + """
-local win = current()
-local book, leases = books(win)
-sweep(book, leases, now_ms())
-return {1, win, unpack(figures(book))}
-""",
-    calendar=True,
-)
 
 
 def to_micro(amount: Decimal, *, up: bool) -> int:
@@ -326,7 +162,7 @@ class SharedSpendCounter:
         kind = "none" if window is None else window
         # Without a limit of its own, the counter only reads the shared settings.
         stored = await link.run(
-            _OPEN, (), (link.keys.spend(name), "" if wanted is None else wanted, kind)
+            OPEN, (), (link.keys.spend(name), "" if wanted is None else wanted, kind)
         )
         if stored[0] in (None, b""):
             raise ConfigurationError(
@@ -406,7 +242,7 @@ class SharedSpendCounter:
 
     async def read(self) -> SpendFigures:
         """Ask the server for the current window's books (lapsed leases are cleared first)."""
-        self._seen(await self._link.run(_READ, (), (self._prefix, "", self._kind)))
+        self._seen(await self._link.run(READ, (), (self._prefix, "", self._kind)))
         return self._figures
 
     async def set_limit(self, limit: Decimal | str | int) -> None:
@@ -434,7 +270,7 @@ class SharedSpendCounter:
             )
         lease = _Lease(id=secrets.token_hex(12), window="", micro=micro)
         reply = await self._link.run(
-            _RESERVE,
+            RESERVE,
             (),
             (
                 self._prefix,
@@ -460,7 +296,7 @@ class SharedSpendCounter:
         lease = self._take(reserved)
         micro = lease.micro
         charge = "" if charged is None else str(to_micro(charged, up=True))
-        op = _Pending(_SETTLE, lease.window, lease.id, micro, charge, lease)
+        op = _Pending(SETTLE, lease.window, lease.id, micro, charge, lease)
         window = await self._apply(op)
         if window is not None and self.window is not None:
             self._remember_charge(reserved if charged is None else charged, window)
@@ -468,7 +304,7 @@ class SharedSpendCounter:
     async def release(self, reserved: Decimal) -> None:
         """Give back a reservation of ``reserved`` whose create surely made no job."""
         lease = self._take(reserved)
-        await self._apply(_Pending(_SETTLE, lease.window, lease.id, lease.micro, "release", lease))
+        await self._apply(_Pending(SETTLE, lease.window, lease.id, lease.micro, "release", lease))
 
     async def refund(self, amount: Decimal) -> None:
         """Take a refunded charge off the spend of the window it was charged in."""
@@ -478,7 +314,7 @@ class SharedSpendCounter:
             windows = self._charged_in.get(Decimal(amount))
             if windows:
                 window = windows.pop()
-        await self._apply(_Pending(_REFUND, window, secrets.token_hex(12), micro, "", None))
+        await self._apply(_Pending(REFUND, window, secrets.token_hex(12), micro, "", None))
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -563,7 +399,7 @@ class SharedSpendCounter:
             return
         try:
             again = await self._link.run(
-                _RENEW, (), (self._prefix, int(self.lease * 1000), self._kind, *leases)
+                RENEW, (), (self._prefix, int(self.lease * 1000), self._kind, *leases)
             )
             if self._pending:
                 await self._flush()

@@ -253,7 +253,7 @@ def plans() -> st.SearchStrategy[list[list[dict[str, Any]]]]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(plan=plans(), limit=st.integers(100, 600))
 async def test_four_processes_never_cross_the_cap(
