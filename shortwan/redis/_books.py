@@ -34,16 +34,19 @@ _BOOKS = (
     + """
 local prefix = ARGV[1]
 local function books(win) return prefix .. ':' .. win, prefix .. ':' .. win .. ':leases' end
+-- Take a lease off the books; return the micro-dollars it held (nil: it was not there).
+local function drop(book, leases, id)
+  local amount = redis.call('HGET', book, 'l:' .. id)
+  if amount then
+    redis.call('HINCRBY', book, 'reserved', '-' .. amount)
+    redis.call('HDEL', book, 'l:' .. id)
+  end
+  redis.call('ZREM', leases, id)
+  return amount
+end
 local function sweep(book, leases, now)
   local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, SWEEP)
-  for _, id in ipairs(gone) do
-    local amount = redis.call('HGET', book, 'l:' .. id)
-    if amount then
-      redis.call('HINCRBY', book, 'reserved', '-' .. amount)
-      redis.call('HDEL', book, 'l:' .. id)
-    end
-    redis.call('ZREM', leases, id)
-  end
+  for _, id in ipairs(gone) do drop(book, leases, id) end
 end
 local function keep(book, leases, win)
   local ends = window_end(win)
@@ -61,8 +64,12 @@ local function current()
   local kind = redis.call('HGET', prefix .. ':conf', 'window') or ARGV[3]
   return window_at(kind, math.floor(now_ms() / 1000))
 end
-local function first(op)
-  return redis.call('SET', prefix .. ':done:' .. op, '1', 'NX', 'EX', DONE_TTL)
+-- The books of window `win` ('' = the current one), and whether operation `op` is new there.
+local function operation(win, op)
+  if win == '' then win = current() end
+  local book, leases = books(win)
+  local new = redis.call('SET', prefix .. ':done:' .. op, '1', 'NX', 'EX', DONE_TTL)
+  return win, book, leases, new
 end
 """
 )
@@ -110,16 +117,9 @@ return {1, win, f[1], f[2] + amount, f[3]}
 SETTLE = Script(
     _BOOKS
     + """
-local win = ARGV[2]
-if win == '' then win = current() end
-local book, leases = books(win)
-if not first(ARGV[4]) then return {0, win, unpack(figures(book))} end
-local held = redis.call('HGET', book, 'l:' .. ARGV[4])
-if held then
-  redis.call('HINCRBY', book, 'reserved', '-' .. held)
-  redis.call('HDEL', book, 'l:' .. ARGV[4])
-  redis.call('ZREM', leases, ARGV[4])
-end
+local win, book, leases, new = operation(ARGV[2], ARGV[4])
+if not new then return {0, win, unpack(figures(book))} end
+local held = drop(book, leases, ARGV[4])
 local charge = ARGV[6]
 if charge == '' then charge = held or ARGV[5] end
 if charge ~= 'release' and tonumber(charge) > 0 then
@@ -136,10 +136,8 @@ return {1, win, unpack(figures(book))}
 REFUND = Script(
     _BOOKS
     + """
-local win = ARGV[2]
-if win == '' then win = current() end
-local book, leases = books(win)
-if not first(ARGV[4]) then return {0, win, unpack(figures(book))} end
+local win, book, leases, new = operation(ARGV[2], ARGV[4])
+if not new then return {0, win, unpack(figures(book))} end
 if redis.call('HINCRBY', book, 'spent', '-' .. ARGV[5]) < 0 then
   redis.call('HSET', book, 'spent', '0')
 end

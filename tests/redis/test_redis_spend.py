@@ -37,6 +37,21 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 10.0) -> None
             await anyio.sleep(0.02)
 
 
+class Watch:
+    """The highest committed figure of a counter, read over and over while a test runs."""
+
+    def __init__(self, cap: SharedSpendCounter) -> None:
+        self.cap = cap
+        self.worst = D(0)
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        """Read the books until stopped."""
+        while not self.stop.is_set():
+            self.worst = max(self.worst, (await self.cap.read()).committed)
+            await anyio.sleep(0.005)
+
+
 class TestMoney:
     async def test_reserve_settle_release_refund(self, shared: SharedState) -> None:
         """The four operations move exactly the amounts given, and the cap refuses what crosses."""
@@ -198,15 +213,7 @@ class TestLeases:
         cap = await shared.spend_counter("4.00", lease=1.0)
         url, ns = redis_server.url, shared.namespace
         options = {"lease": 1.0, "count": 2, "amount": "0.425"}
-        worst = D(0)
-        stop = anyio.Event()
-
-        async def watch() -> None:
-            nonlocal worst
-            while not stop.is_set():
-                worst = max(worst, (await cap.read()).committed)
-                await anyio.sleep(0.01)
-
+        watch = Watch(cap)
         async with (
             child("hold", url, ns, options) as a,
             child("hold", url, ns, options) as b,
@@ -216,7 +223,7 @@ class TestLeases:
         ):
             for holder in (a, b, c, d):
                 assert (await holder.line())["held"] == 2
-            tg.start_soon(watch)
+            tg.start_soon(watch.run)
             assert (await cap.read()).reserved == D("3.40")
             a.kill()
             assert not await cap.reserve(D("0.85"))  # only 0.60 is free until the lease lapses
@@ -225,8 +232,8 @@ class TestLeases:
             figures = await cap.read()
             assert figures.reserved == D("3.40")  # 3 × 0.85 held by the survivors + ours
             assert not await cap.reserve(D("0.85"))
-            stop.set()
-        assert worst <= D("4.00")
+            watch.stop.set()
+        assert watch.worst <= D("4.00")
 
 
 def plans() -> st.SearchStrategy[list[list[dict[str, Any]]]]:
@@ -263,15 +270,8 @@ async def test_four_processes_never_cross_the_cap(
     cap_usd = D(limit) / 100
     name = "c" + secrets.token_hex(4)
     cap = await shared.spend_counter(cap_usd, name=name)
-    worst = D(0)
+    watch = Watch(cap)
     results: list[dict[str, Any]] = []
-    done = anyio.Event()
-
-    async def watch() -> None:
-        nonlocal worst
-        while not done.is_set():
-            worst = max(worst, (await cap.read()).committed)
-            await anyio.sleep(0.005)
 
     async def worker(steps: list[dict[str, Any]]) -> None:
         lines = await run_child(
@@ -280,17 +280,17 @@ async def test_four_processes_never_cross_the_cap(
         results.append(lines[-1])
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
+        tg.start_soon(watch.run)
         async with anyio.create_task_group() as workers:
             for steps in plan:
                 workers.start_soon(worker, steps)
-        done.set()
+        watch.stop.set()
     figures = await cap.read()
     charged = sum((D(r["charged"]) for r in results), D(0))
     refunded = sum((D(r["refunded"]) for r in results), D(0))
     assert figures.reserved == 0
     assert figures.spent == charged - refunded
-    assert worst <= cap_usd
+    assert watch.worst <= cap_usd
     assert all(D(r["worst"]) <= cap_usd for r in results)
     assert sum(r["granted"] + r["refused"] for r in results) == sum(len(s) for s in plan)
 
