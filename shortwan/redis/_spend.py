@@ -293,10 +293,9 @@ class SharedSpendCounter:
 
         Never raises for an unreachable Redis: the settle is kept and applied when it is back.
         """
-        lease = self._take(reserved)
-        micro = lease.micro
         charge = "" if charged is None else str(to_micro(charged, up=True))
-        op = _Pending(SETTLE, lease.window, lease.id, micro, charge, lease)
+        lease = self._take(reserved)
+        op = _Pending(SETTLE, lease.window, lease.id, lease.micro, charge, lease)
         window = await self._apply(op)
         if window is not None and self.window is not None:
             self._remember_charge(reserved if charged is None else charged, window)
@@ -393,7 +392,8 @@ class SharedSpendCounter:
                 leases += [lease.window, lease.id, lease.micro]
         # A settle not yet applied keeps its reservation alive meanwhile.
         for op in self._pending:
-            if op.lease is not None:
+            # (A settle of a reservation this counter never held has no lease to keep.)
+            if op.lease is not None and op.lease.window:
                 leases += [op.lease.window, op.lease.id, op.lease.micro]
         if not leases:
             return

@@ -342,3 +342,13 @@ async def test_redis_lost_mid_run_fails_closed_and_resumes(
 
 async def _reserved(cap: SharedSpendCounter, amount: Decimal) -> bool:
     return (await cap.read()).reserved == amount
+
+
+async def test_settle_of_an_unknown_reservation_still_counts(shared: SharedState) -> None:
+    """A settle this counter never reserved for is charged to the current window, once."""
+    cap = await shared.spend_counter("1", window="day")
+    await cap.settle(D("0.3"), D("0.25"))
+    assert (cap.spent, cap.reserved, cap.pending) == (D("0.25"), 0, 0)
+    with pytest.raises(ValueError, match="amount"):
+        await cap.settle(D("0.3"), D("-1"))
+    assert (await cap.read()).spent == D("0.25")
