@@ -85,6 +85,10 @@ class Keys:
         """One job's end, as a process saw it."""
         return f"{self.prefix}job:{job_id}"
 
+    def polling(self, job_id: str) -> str:
+        """Which worker polls a job: only that one queries it, the others wait on its end."""
+        return f"{self.prefix}polling:{job_id}"
+
     @property
     def ends(self) -> str:
         """The stream announcing every job end published in the namespace."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
@@ -27,7 +27,7 @@ from .._errors import (
     ShortWanError,
 )
 from .._models import DEFAULT_JOB_TIMEOUT, Video, check_timeout, job_id_problem
-from ._core import Link
+from ._core import Link, text
 from ._lua import Script
 from ._reader import Entry, StreamReader
 
@@ -42,14 +42,33 @@ DEFAULT_END_TTL: Final = 24 * 3600.0
 """How long a published job end is kept: about as long as its result URLs live."""
 _STREAM_LENGTH: Final = 10_000
 
-# The first end published for a job is the one kept: a job ends once. KEYS: job, stream.
-# ARGV: the end (JSON), its time to live in ms, the job id, the stream's rough length.
+# The first end published for a job is the one kept: a job ends once. KEYS: job, stream, its
+# polling claim. ARGV: the end (JSON), its time to live in ms, the job id, the stream's length.
 _PUBLISH = Script(
     """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'job', ARGV[3], 'end', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
 return 1
+"""
+)
+
+# KEYS: polling claims. ARGV: the prefix of heartbeat keys, this worker, the claim's ttl in ms.
+# A claim held by a live worker stays its; a lapsed one, or one whose worker is gone, is taken.
+_CLAIM = Script(
+    """
+local holders = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. holder) == 1 then
+    holders[i] = holder
+  else
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[3])
+    holders[i] = ARGV[2]
+  end
+end
+return holders
 """
 )
 
@@ -192,7 +211,7 @@ class JobView:
         keys = self._link.keys
         first = await self._link.run(
             _PUBLISH,
-            (keys.job(end.job_id), keys.ends),
+            (keys.job(end.job_id), keys.ends, keys.polling(end.job_id)),
             (_encode(end), max(1, int(keep * 1000)), end.job_id, _STREAM_LENGTH),
         )
         return bool(first)
@@ -212,6 +231,26 @@ class JobView:
         key = self._link.keys.job(_check_id(job_id))
         left = await self._link.call(lambda: self._link.redis.pttl(key))
         return None if left < 0 else left / 1000
+
+    async def claim(self, job_ids: Sequence[str], *, ttl: float) -> dict[str, str]:
+        """Claim the polling of ``job_ids`` for ``ttl`` seconds; return who polls each one.
+
+        A job another live worker has claimed stays its (poll it rarely, and wait on its end);
+        the others become this worker's, or stay so: claim again before ``ttl`` runs out. A
+        claim whose worker is gone passes on; a published end drops the claim.
+        """
+        if not 0 < ttl < math.inf:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        ids = [_check_id(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        keys = self._link.keys
+        holders = await self._link.run(
+            _CLAIM,
+            [keys.polling(job_id) for job_id in ids],
+            (keys.worker(""), self._link.worker_id, max(1, int(ttl * 1000))),
+        )
+        return {job_id: text(holder) for job_id, holder in zip(ids, holders, strict=True)}
 
     def subscribe(self, job_id: str, callback: Callable[[JobEnd], None]) -> Callable[[], None]:
         """Call ``callback(end)`` when any process publishes the end of ``job_id``.

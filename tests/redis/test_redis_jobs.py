@@ -174,3 +174,25 @@ async def test_job_view_across_processes(redis_server: RedisServer, namespace: s
         ttl = await shared.jobs.ttl_of("cafe0001")
         assert ttl is not None
         assert 0 < ttl <= 24 * 3600
+
+
+async def test_polling_claims_pass_to_a_live_worker(
+    redis_server: RedisServer, shared: SharedState
+) -> None:
+    """Only one live worker polls a job: its claim holds, passes on when it closes, ends with
+    the job's end."""
+    other = await connect(redis_server.url, namespace=shared.namespace)
+    try:
+        mine = await shared.jobs.claim(["j1", "j2"], ttl=30)
+        assert mine == {"j1": shared.worker_id, "j2": shared.worker_id}
+        theirs = await other.jobs.claim(["j1", "j3"], ttl=30)
+        assert theirs == {"j1": shared.worker_id, "j3": other.worker_id}
+        assert await shared.jobs.claim([], ttl=1) == {}
+    finally:
+        await other.aclose()
+    assert await shared.jobs.claim(["j3"], ttl=30) == {"j3": shared.worker_id}  # its worker left
+    await shared.jobs.publish(JobEnd(job_id="j1", state="failed"))
+    assert not await shared.redis.exists(f"{shared.namespace}:polling:j1")
+    await shared.jobs.claim(["j2"], ttl=0.2)
+    await anyio.sleep(0.3)
+    assert not await shared.redis.exists(f"{shared.namespace}:polling:j2")  # lapsed
