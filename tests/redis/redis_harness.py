@@ -23,7 +23,14 @@ INSTALL_HINT = "redis-server is not installed: apt-get install redis-server"
 
 
 def redis_server_binary() -> str | None:
-    """Return the path of redis-server, or None where it is not installed."""
+    """Return the path of redis-server, or None where it is not installed.
+
+    ``SHORTWAN_REDIS_SERVER`` names another build; set to a path that does not exist, it shows
+    what a machine without redis-server does.
+    """
+    chosen = os.environ.get("SHORTWAN_REDIS_SERVER")
+    if chosen is not None:
+        return chosen if os.access(chosen, os.X_OK) else None
     return shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
     )
