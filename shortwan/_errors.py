@@ -21,7 +21,8 @@ known::
     ├── JobDetachedError                     the client was closed before the job ended
     ├── SpendLimitError                      not sent: it would have crossed the spend cap
     ├── DownloadError                        the video could not be fetched
-    └── JournalError                         a batch journal could not record or read something
+    ├── JournalError                         a batch journal could not record or read something
+    └── SharedStateError                     shared state (Redis) could not be read or written
 
 aiohttp, json and cattrs exceptions never reach the caller untranslated; they are kept as
 ``__cause__``.
@@ -47,6 +48,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "ServiceUnavailableError",
+    "SharedStateError",
     "ShortWanError",
     "SpendLimitError",
     "SubmissionUncertainError",
@@ -303,4 +305,13 @@ class JournalError(ShortWanError):
 
     A write that raised it was not recorded (its transaction was rolled back), so the journal
     still says what it said before, and it stays usable for later writes.
+    """
+
+
+class SharedStateError(ShortWanError):
+    """State shared by several processes (``shortwan.redis``) could not be read or written.
+
+    Raised in place of an answer that cannot be trusted: a spend reservation that cannot reach the
+    shared counter fails closed with it, so no create is sent past a cap nobody can check. The
+    cause (a connection error, a timeout) is kept as ``__cause__``.
     """

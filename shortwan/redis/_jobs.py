@@ -1,0 +1,369 @@
+"""The shared job view: job ends published by any process, read or awaited by any other.
+
+A job end is stored under its id with a time to live (result URLs expire after about a day, so
+does the end) and announced on one stream of the namespace. Every process reads that stream once
+(:class:`~shortwan.redis._reader.StreamReader`) and wakes its own waiters: there is one reader
+per process, not one subscription per waiter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import attrs
+from cattrs.preconf.json import make_converter
+
+from .._errors import (
+    InvalidRequestError,
+    JobFailedError,
+    JobTimeoutError,
+    SharedStateError,
+    ShortWanError,
+)
+from .._models import Video, check_timeout, job_id_problem
+from .._spec import DEFAULT_JOB_TIMEOUT
+from ._core import Link, text
+from ._lua import Script
+from ._reader import Entry, StreamReader
+
+if TYPE_CHECKING:
+    from .._table import JobRecord
+
+__all__ = ["JobEnd", "JobView"]
+
+logger = logging.getLogger("shortwan")
+
+DEFAULT_END_TTL: Final = 24 * 3600.0
+"""How long a published job end is kept: about as long as its result URLs live."""
+_STREAM_LENGTH: Final = 10_000
+
+# The first end published for a job is the one kept: a job ends once. KEYS: job, stream, its
+# polling claim. ARGV: the end (JSON), its time to live in ms, the job id, the stream's length.
+_PUBLISH = Script(
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'job', ARGV[3], 'end', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+)
+
+# KEYS: polling claims. ARGV: the prefix of heartbeat keys, this worker, the claim's ttl in ms.
+# A claim held by a live worker stays its; a lapsed one, or one whose worker is gone, is taken.
+_CLAIM = Script(
+    """
+local holders = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. holder) == 1 then
+    holders[i] = holder
+  else
+    redis.call('SET', key, ARGV[2], 'PX', ARGV[3])
+    holders[i] = ARGV[2]
+  end
+end
+return holders
+"""
+)
+
+_converter = make_converter()
+_converter.register_unstructure_hook(Decimal, str)
+_converter.register_structure_hook(Decimal, lambda value, _: Decimal(value))
+
+
+@attrs.frozen(kw_only=True)
+class JobEnd:
+    """How a job ended, as the process that saw it publishes it.
+
+    Attributes:
+        job_id: the job.
+        state: ``"succeeded"`` or ``"failed"``.
+        status: the raw status number the service reported last.
+        amount: what the job was charged, when known.
+        urls: the result URLs of a succeeded job.
+        error_type: the class name of the error of a failed job (``JobFailedError``, ...).
+        error: its text.
+        refunded: whether the charge of a failed job was returned.
+        seen_by: the worker that published it.
+    """
+
+    job_id: str
+    state: str
+    status: int | None = None
+    amount: Decimal | None = None
+    urls: tuple[str, ...] = ()
+    error_type: str | None = None
+    error: str | None = None
+    refunded: bool | None = None
+    seen_by: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The first result URL, if the job succeeded."""
+        return self.urls[0] if self.urls else None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the job made its video."""
+        return self.state == "succeeded" and bool(self.urls)
+
+    def video(self) -> Video | None:
+        """Return the job's video, or ``None`` for a failed job."""
+        if not self.succeeded:
+            return None
+        return Video(job_id=self.job_id, url=self.urls[0], urls=self.urls, credit=self.amount)
+
+    def failure(self) -> JobFailedError | None:
+        """Return the error a failed job ended with, ``None`` for one that succeeded."""
+        if self.succeeded:
+            return None
+        return JobFailedError(self.job_id, self.error, refunded=self.refunded, status=self.status)
+
+    @classmethod
+    def from_record(cls, record: JobRecord, *, seen_by: str | None = None) -> JobEnd:
+        """Describe a finished job of the job table.
+
+        Raises:
+            ValueError: the job has not ended.
+        """
+        if not record.is_terminal:
+            raise ValueError(f"job {record.id} has not ended ({record.state.value})")
+        video = record.video
+        snapshot = record.snapshot
+        error = record.error
+        return cls(
+            job_id=record.id,
+            state=record.state.value,
+            status=record.raw_status if record.raw_status >= 0 else None,
+            amount=record.amount,
+            urls=() if video is None else (video.urls or (video.url,)),
+            error_type=None if error is None else type(error).__name__,
+            error=None
+            if error is None
+            else (error.reason if isinstance(error, JobFailedError) else str(error)),
+            refunded=None if snapshot is None else snapshot.refunded,
+            seen_by=seen_by,
+        )
+
+
+def _encode(end: JobEnd) -> str:
+    return json.dumps(_converter.unstructure(end), separators=(",", ":"))
+
+
+def _decode(raw: bytes | str) -> JobEnd:
+    try:
+        return _converter.structure(json.loads(raw), JobEnd)
+    except Exception as exc:  # bad JSON, or cattrs' group of structuring errors
+        raise SharedStateError(f"a shared job end could not be read: {exc!r}") from exc
+
+
+def _check_id(job_id: str) -> str:
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        raise InvalidRequestError([problem])
+    return job_id
+
+
+class JobView:
+    """Job ends seen by any process of the namespace: :meth:`publish`, :meth:`get`, :meth:`wait`.
+
+    Args:
+        link: the connection it shares.
+        reader: the stream reader of the process.
+        ttl: seconds a published end is kept.
+    """
+
+    def __init__(self, link: Link, reader: StreamReader, *, ttl: float = DEFAULT_END_TTL) -> None:
+        self._link = link
+        self._reader = reader
+        self.ttl = ttl
+        self._subscribers: dict[str, list[Callable[[JobEnd], None]]] = {}
+        self._listening = False
+        # Ids subscribed to since the last look-up: one MGET serves a burst of subscriptions.
+        self._to_look_up: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<JobView namespace={self._link.namespace!r} watched={len(self._subscribers)}>"
+
+    @property
+    def watched(self) -> int:
+        """How many job ids this process waits for."""
+        return len(self._subscribers)
+
+    async def publish(self, end: JobEnd, *, ttl: float | None = None) -> bool:
+        """Store ``end`` and announce it; return False if an end was published for it before.
+
+        Raises:
+            SharedStateError: Redis could not be reached; nothing was published.
+        """
+        _check_id(end.job_id)
+        keep = self.ttl if ttl is None else ttl
+        if not 0 < keep < math.inf:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if end.seen_by is None:
+            end = attrs.evolve(end, seen_by=self._link.worker_id)
+        keys = self._link.keys
+        first = await self._link.run(
+            _PUBLISH,
+            (keys.job(end.job_id), keys.ends, keys.polling(end.job_id)),
+            (_encode(end), max(1, int(keep * 1000)), end.job_id, _STREAM_LENGTH),
+        )
+        return bool(first)
+
+    async def get(self, job_id: str) -> JobEnd | None:
+        """Return the published end of ``job_id``, ``None`` if no process published one.
+
+        Raises:
+            SharedStateError: Redis could not be reached, or holds an end it cannot read.
+        """
+        key = self._link.keys.job(_check_id(job_id))
+        raw = await self._link.call(lambda: self._link.redis.get(key))
+        return None if raw is None else _decode(raw)
+
+    async def ttl_of(self, job_id: str) -> float | None:
+        """Return the seconds the end of ``job_id`` is still kept, ``None`` if there is none."""
+        key = self._link.keys.job(_check_id(job_id))
+        left = await self._link.call(lambda: self._link.redis.pttl(key))
+        return None if left < 0 else left / 1000
+
+    async def claim(self, job_ids: Sequence[str], *, ttl: float) -> dict[str, str]:
+        """Claim the polling of ``job_ids`` for ``ttl`` seconds; return who polls each one.
+
+        A job another live worker has claimed stays its (poll it rarely, and wait on its end);
+        the others become this worker's, or stay so: claim again before ``ttl`` runs out. A
+        claim whose worker is gone passes on; a published end drops the claim.
+        """
+        if not 0 < ttl < math.inf:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        ids = [_check_id(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        keys = self._link.keys
+        holders = await self._link.run(
+            _CLAIM,
+            [keys.polling(job_id) for job_id in ids],
+            (keys.worker(""), self._link.worker_id, max(1, int(ttl * 1000))),
+        )
+        return {job_id: text(holder) for job_id, holder in zip(ids, holders, strict=True)}
+
+    def subscribe(self, job_id: str, callback: Callable[[JobEnd], None]) -> Callable[[], None]:
+        """Call ``callback(end)`` when any process publishes the end of ``job_id``.
+
+        The callback runs in the event loop, at most once. An end published before is found
+        too. A Redis outage only delays it. Returns a function that cancels the subscription.
+        """
+        _check_id(job_id)
+        done = False
+
+        def once(end: JobEnd) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                cancel()
+                callback(end)
+
+        def cancel() -> None:
+            callbacks = self._subscribers.get(job_id)
+            if callbacks is not None and once in callbacks:
+                callbacks.remove(once)
+                if not callbacks:
+                    del self._subscribers[job_id]
+
+        self._subscribers.setdefault(job_id, []).append(once)
+        if not self._listening:
+            self._listening = True
+            self._reader.listen(
+                self._link.keys.ends, self._on_entries, from_now=True, armed=self._look_up_all
+            )
+        if not self._to_look_up:
+            self._link.spawn(self._look_up_new)
+        self._to_look_up.add(job_id)
+        return cancel
+
+    async def wait(self, job_id: str, *, timeout: float | None = DEFAULT_JOB_TIMEOUT) -> JobEnd:
+        """Wait until any process publishes the end of ``job_id`` and return it.
+
+        Args:
+            job_id: the job.
+            timeout: seconds to wait; ``None`` waits without a limit.
+
+        Raises:
+            JobTimeoutError: no end was published in time (the job may still end).
+        """
+        timeout = check_timeout(timeout)
+        found: list[JobEnd] = []
+        event = anyio.Event()
+
+        def take(end: JobEnd) -> None:
+            found.append(end)
+            event.set()
+
+        cancel = self.subscribe(job_id, take)
+        try:
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                await event.wait()
+        finally:
+            cancel()
+        if not found:
+            raise JobTimeoutError(
+                f"no process published the end of job {job_id} within {timeout} s",
+                job_id=job_id,
+            )
+        return found[0]
+
+    # --- the reader's side ---------------------------------------------------------------------
+
+    def _deliver(self, end: JobEnd) -> None:
+        for callback in list(self._subscribers.get(end.job_id, ())):
+            try:
+                callback(end)
+            except Exception:
+                logger.exception("a job end subscriber failed", extra={"job_id": end.job_id})
+
+    def _on_entries(self, entries: list[Entry]) -> None:
+        for _entry_id, fields in entries:
+            job_id = fields.get(b"job", b"").decode(errors="replace")
+            if job_id not in self._subscribers:
+                continue  # most ends are of jobs nobody here waits for: not even decoded
+            try:
+                end = _decode(fields[b"end"])
+            except (SharedStateError, KeyError):
+                logger.warning("an unreadable job end was announced", extra={"job_id": job_id})
+                continue
+            self._deliver(end)
+
+    async def _look_up_all(self) -> None:
+        await self._look_up(list(self._subscribers))
+
+    async def _look_up_new(self) -> None:
+        await self._reader.ready()
+        ids, self._to_look_up = list(self._to_look_up), set()
+        await self._look_up(ids)
+
+    async def _look_up(self, job_ids: Iterable[str]) -> None:
+        # The reader must be reading before the look-up, so that an end published between the
+        # two is seen by one or the other.
+        await self._reader.ready()
+        ids = [job_id for job_id in job_ids if job_id in self._subscribers]
+        if not ids:
+            return
+        keys = [self._link.keys.job(job_id) for job_id in ids]
+        try:
+            values = await self._link.call(lambda: self._link.redis.mget(keys))
+        except SharedStateError:
+            return  # looked up again when the reader is armed after the outage
+        for raw in values:
+            if raw is None:
+                continue
+            try:
+                end = _decode(raw)
+            except ShortWanError:
+                continue
+            self._deliver(end)

@@ -1,0 +1,113 @@
+"""Server-side scripts: loaded once per connection pool, called by SHA, reloaded after a restart.
+
+Every script reads the time from ``redis.call('TIME')``, so leases, windows and the token bucket
+follow one clock, the server's, whichever machine a process runs on. Scripts build some key names
+from their arguments (a spend window is chosen on the server's clock), which a single Redis server
+allows; Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
+
+__all__ = ["CALENDAR", "PRELUDE", "Script"]
+
+# Shared helpers, pasted in front of the scripts that need them.
+PRELUDE = """
+local function int(x) return string.format('%d', x) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# UTC calendar arithmetic on days since 1970-01-01 (the proleptic Gregorian civil calendar), so a
+# per-day or per-month spend window turns at midnight UTC by the server's clock.
+CALENDAR = """
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+-- The name of the window holding unix second `s`.
+local function window_at(kind, s)
+  if kind == 'none' then return 'all' end
+  local y, m, d = civil(math.floor(s / 86400))
+  if kind == 'day' then return string.format('d%04d-%02d-%02d', y, m, d) end
+  return string.format('m%04d-%02d', y, m)
+end
+-- The unix second a window named by window_at ends at (nil for 'all').
+local function window_end(win)
+  local kind = string.sub(win, 1, 1)
+  if kind == 'd' then
+    local y, m, d = string.match(win, '^d(%d+)-(%d+)-(%d+)$')
+    return (days_from_civil(tonumber(y), tonumber(m), tonumber(d)) + 1) * 86400
+  end
+  if kind == 'm' then
+    local y, m = string.match(win, '^m(%d+)-(%d+)$')
+    y, m = tonumber(y), tonumber(m)
+    if m == 12 then y, m = y + 1, 1 else m = m + 1 end
+    return days_from_civil(y, m, 1) * 86400
+  end
+  return nil
+end
+"""
+
+
+class Script:
+    """One Lua script, called by its SHA and loaded again when the server has forgotten it."""
+
+    __slots__ = ("sha", "text")
+
+    _every: ClassVar[list[Script]] = []
+
+    def __init__(self, body: str, *, calendar: bool = False) -> None:
+        self.text = PRELUDE + (CALENDAR if calendar else "") + body
+        self.sha = hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
+        Script._every.append(self)
+
+    @classmethod
+    async def load_all(cls, redis: Redis) -> None:
+        """Load every script defined so far (all are module constants, made at import)."""
+        for script in cls._every:
+            await script.load(redis)
+
+    async def load(self, redis: Redis) -> None:
+        """Load the script into the server's script cache."""
+        await redis.script_load(self.text)
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        """Run the script; a server that lost its script cache (a restart) gets it again."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(redis)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
