@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine
+from benchmarks import callbacks, cli, download, engine, throttle
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,8 @@ END = "<!-- performance:end -->"
 BENCHES: dict[str, Callable[[bool], Section]] = {
     "overhead": engine.bench_overhead,
     "polling": engine.bench_polling,
-    "cap": engine.bench_rate_cap,
+    "cap": throttle.bench_rate_cap,
+    "throttled": throttle.bench_throttled,
     "scale": engine.bench_scale,
     "callbacks": callbacks.bench,
     "download": download.bench,

@@ -1,4 +1,4 @@
-"""Job-engine benchmarks: overhead per job, polling efficiency, a query-rate cap, scale.
+"""Job-engine benchmarks: overhead per job, polling efficiency, scale (rate control: throttle).
 
 Run: ``python -m benchmarks.engine [--quick]``. The fake service runs in its own process; every
 comparison is measured side by side in the same run and reported as a ratio to its baseline.
@@ -313,61 +313,7 @@ def bench_polling(quick: bool) -> Section:
     )
 
 
-# --- 3. a query-rate cap --------------------------------------------------------------------------
-
-
-def bench_rate_cap(quick: bool) -> Section:
-    n = 200 if quick else 400
-    cap = 40.0
-    rows = []
-    for ceiling in (cap, 2.5 * cap):
-        poll = PollPolicy(
-            min_interval=0.05,
-            max_interval=0.5,
-            prior_seconds_per_video_second=1e-6,
-            max_queries_per_second=ceiling,
-            jitter=0.0,
-        )
-        with fake_server(run_time=0, query_rate_limit=cap) as server:
-            with cpu_clock() as clock:
-                ok, _queries = anyio.run(shortwan_batch, server, requests(n, "cap"), 64, poll)
-            stats = server.stats()
-        ideal = n / cap
-        share = stats["rate_limited"] / max(stats["queries"], 1)
-        rows.append(
-            [
-                f"{ceiling:.0f}/s",
-                ok,
-                stats["queries"],
-                stats["rate_limited"],
-                share * 100,
-                clock["wall"],
-                ideal,
-                clock["wall"] / ideal,
-            ]
-        )
-    return Section(
-        key="cap",
-        title=f"Under the service's {cap:.0f} queries/s cap: {n} instant jobs",
-        header=[
-            "client ceiling",
-            "videos",
-            "queries",
-            "429 answers",
-            "429 share %",
-            "wall s",
-            "ideal s",
-            "wall / ideal",
-        ],
-        rows=rows,
-        targets=[
-            Target("429 share with the ceiling at the cap, %", num(rows[0][4]), 2.0),
-            Target("wall / ideal with the ceiling at the cap", num(rows[0][7]), 1.15),
-        ],
-    )
-
-
-# --- 4. scale: jobs in flight --------------------------------------------------------------
+# --- 3. scale: jobs in flight --------------------------------------------------------------
 
 
 async def in_flight_run(server: FakeServer, n: int, window: int, poll: PollPolicy) -> float:
@@ -491,7 +437,6 @@ def bench_scale(quick: bool) -> Section:
 BENCHES = {
     "overhead": bench_overhead,
     "polling": bench_polling,
-    "cap": bench_rate_cap,
     "scale": bench_scale,
 }
 

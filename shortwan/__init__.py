@@ -48,7 +48,8 @@ from ._models import (
     Outcome,
     Video,
 )
-from ._poller import PollerStatistics, QueryBudget, RateLimiter
+from ._poller import PollerStatistics
+from ._rate import QueryBudget, RateLimiter, RateStatistics
 from ._retry import RetryEvent
 from ._spec import DEFAULT_JOB_TIMEOUT, MODEL_ID, PRICE_PER_SECOND
 from ._spend import SpendBudget, SpendCounter
@@ -101,6 +102,7 @@ __all__ = [
     "QueryBudget",
     "RateLimitError",
     "RateLimiter",
+    "RateStatistics",
     "RetryEvent",
     "RetryPolicy",
     "ServerError",

@@ -44,7 +44,7 @@ from ._models import (
 )
 from ._options import DEFAULT_CONCURRENCY, BatchOptions
 from ._outputs import Outputs
-from ._poller import QueryBudget
+from ._rate import QueryBudget
 from ._retry import RetryHook
 from ._spec import DEFAULT_JOB_TIMEOUT
 from ._spend import SpendLimit, open_budget
@@ -193,7 +193,7 @@ class AsyncShortWan(ClosedOnExit):
         return self._engine.table
 
     def statistics(self) -> ClientStatistics:
-        """Return a snapshot of the client's figures: its jobs, its polling, its callbacks.
+        """Return a snapshot of the client's figures: jobs, polling, query rate, callbacks.
 
         The snapshot is frozen: it does not change as the client goes on, and changing it
         changes nothing in the client.
@@ -202,6 +202,7 @@ class AsyncShortWan(ClosedOnExit):
         return ClientStatistics(
             jobs=self._engine.table.statistics(),
             polling=self._engine.poller.statistics(),
+            rate=self._engine.query_budget.statistics(),
             callbacks=None if receiver is None else receiver.statistics(),
         )
 

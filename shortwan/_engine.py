@@ -23,7 +23,8 @@ from ._creating import Creator
 from ._errors import JobDetachedError, JobTimeoutError, MalformedResponseError, ShortWanError
 from ._http import Transport
 from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
-from ._poller import Poller, QueryBudget
+from ._poller import Poller
+from ._rate import QueryBudget, RateLimiter
 from ._table import JobRecord, JobState, JobTable, state_for
 
 if TYPE_CHECKING:
@@ -51,10 +52,12 @@ class Engine:
         self.callbacks = callbacks
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
-        # Built here, not on first use: it needs no running loop until run() starts it, and
-        # every 429 of the client slows its query budget from the start.
-        self._poller = Poller(table=self.table, query=self.query, policy=poll, budget=query_budget)
-        transport.on_rate_limit = self._poller.budget.slow_down
+        # Every query of the client, polls and get_job alike, retries included, is paced by this
+        # one budget, which hears every answer (see _rate).
+        self.query_budget: QueryBudget = query_budget or RateLimiter(poll.max_queries_per_second)
+        transport.query_budget = self.query_budget
+        # Built here, not on first use: it needs no running loop until run() starts it.
+        self._poller = Poller(table=self.table, query=self.query, policy=poll)
         self._creator = Creator(
             transport=transport,
             table=self.table,

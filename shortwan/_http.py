@@ -4,8 +4,8 @@ It knows nothing of jobs beyond the two calls of the protocol. Every aiohttp and
 is translated here into the tree of ``_errors`` (kept as ``__cause__``), and every failure is
 classed by what it proves about the service's side effects (``_retry.Safety``), which decides
 whether a create may be sent again. The retries themselves are ``_retry.Retrying``'s; this module
-hooks into them before each attempt (the client-wide pause after a 429) and after each failed
-one (a 429 slows the query budget and starts that pause).
+hooks into them: every query attempt waits for the query budget's leave and tells it how it went
+(``_rate`` decides the rate and the pause from that), and a 429 on a create pauses the creates.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -39,6 +39,7 @@ from ._errors import (
     TransportError,
     snippet,
 )
+from ._rate import QueryBudget
 from ._retry import AttemptFailed, RetryHook, Retrying, Safety, parse_retry_after
 
 __all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
@@ -190,8 +191,9 @@ class Transport:
         # One 429 pauses every request of this client: no storm of refused requests.
         self._paused_until = 0.0
         self._timeout: aiohttp.ClientTimeout | None = None
-        # Told of every 429, so the query budget can slow down for everyone.
-        self.on_rate_limit: Callable[[], None] | None = None
+        # Paces every query attempt and hears every answer to one (see _rate): the rate in force
+        # and the queries' pause live there.
+        self.query_budget: QueryBudget | None = None
         self.on_retry: RetryHook | None = None
 
     def __repr__(self) -> str:
@@ -304,33 +306,81 @@ class Transport:
             on_retry=self.on_retry,
             rng=self._rng,
         )
-        attempt = functools.partial(
+        send = functools.partial(
             self._attempt, method, path, params=params, body=body, retrying=retrying
         )
+        budget = None if create else self.query_budget
+        if budget is None:
+            return await retrying.call(
+                send, before_attempt=self._before_attempt, after_failure=self._after_failure
+            )
         return await retrying.call(
-            attempt, before_attempt=self._before_attempt, after_failure=self._after_failure
+            functools.partial(self._paced, budget, send),
+            before_attempt=functools.partial(self._acquire, budget),
+            after_failure=self._after_failure,
         )
 
     async def _before_attempt(self, retrying: Retrying) -> None:
         if self._paused_until > 0:
             await self._wait_for_pause(retrying.deadline)
 
+    async def _acquire(self, budget: QueryBudget, retrying: Retrying) -> None:
+        """Wait for the budget's leave to send a query, but never past the call's deadline."""
+        with anyio.move_on_after(retrying.remaining()) as scope:
+            await budget.acquire()
+        if scope.cancelled_caught:
+            raise RateLimitError(
+                "the query rate (or a pause the service asked for) leaves no time to send this "
+                "query before its deadline"
+            )
+
+    async def _paced(
+        self, budget: QueryBudget, send: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Send one query attempt and tell the budget how it went (a 429, or an answer)."""
+        sent_at = time.monotonic()
+        try:
+            data = await send()
+        except AttemptFailed as failure:
+            if isinstance(failure.error, RateLimitError):
+                retry_after = failure.retry_after
+                if retry_after is not None:
+                    retry_after = min(retry_after, self.retry.max_retry_after)
+                hold = budget.observe(sent_at=sent_at, refused=True, retry_after=retry_after)
+                self._hold_creates(hold)
+            raise
+        budget.observe(sent_at=sent_at, refused=False)
+        return data
+
     async def _after_failure(self, retrying: Retrying, failure: AttemptFailed) -> bool:
-        if not isinstance(failure.error, RateLimitError):
-            return False
-        if self.on_rate_limit is not None:
-            self.on_rate_limit()
+        """Turn a 429's Retry-After into a pause.
+
+        A refused create pauses every create for it (capped). A refused query waits its own
+        Retry-After; whether the other queries pause is the query budget's call, except after a
+        Retry-After past the cap, which holds everything off for the cap: a wait longer than the
+        cap is not a reason to keep asking at full speed.
+        """
         server_wait = failure.retry_after
         if (
-            server_wait is not None
-            and failure.safety is Safety.NOT_SENT
-            and not retrying.last_attempt
+            not isinstance(failure.error, RateLimitError)
+            or server_wait is None
+            or failure.safety is not Safety.NOT_SENT
+            or retrying.last_attempt
         ):
-            # Every call of the client holds off, for as long as asked (up to the cap): a longer
-            # wait than the cap is not a reason to keep asking at full speed.
-            pause = min(server_wait, self.retry.max_retry_after)
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            return False
+        pause = min(server_wait, self.retry.max_retry_after)
+        budget = self.query_budget
+        if retrying.idempotent and budget is not None:
+            if server_wait > self.retry.max_retry_after:
+                budget.pause(pause)
+                self._hold_creates(pause)
+        else:
+            self._hold_creates(pause)
         return False
+
+    def _hold_creates(self, seconds: float) -> None:
+        if seconds > 0:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     async def _wait_for_pause(self, deadline: float) -> None:
         if is_testing():

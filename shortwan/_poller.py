@@ -16,9 +16,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
-import anyio
 import attrs
 from anyio.abc import TaskGroup
 
@@ -35,7 +33,7 @@ from ._errors import (
 from ._models import ImageToVideo, JobSnapshot
 from ._table import JobRecord, JobState, JobTable, state_for
 
-__all__ = ["DurationModel", "Poller", "PollerStatistics", "QueryBudget", "RateLimiter"]
+__all__ = ["DurationModel", "Poller", "PollerStatistics"]
 
 logger = logging.getLogger("shortwan")
 
@@ -43,57 +41,6 @@ logger = logging.getLogger("shortwan")
 _SLACK = 0.005
 # A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
 _MAX_FINAL_ERRORS = 3
-
-
-class QueryBudget(Protocol):
-    """Grants permission to send one query; shared by every job of a client (or of many)."""
-
-    async def acquire(self) -> None:
-        """Return when one more query may be sent."""
-
-    def slow_down(self) -> None:
-        """Hear that the service refused a query as too many (HTTP 429)."""
-
-
-class RateLimiter:
-    """An in-memory :class:`QueryBudget`: at most ``rate`` queries a second, evenly spaced.
-
-    A 429 widens the gap between queries by half (to one every 10 s at most); every query sent then
-    narrows it by 2 % until the configured rate is reached again, so a client whose ceiling is set
-    above the service's real limit settles just under it instead of hammering it.
-    """
-
-    _MAX_GAP = 10.0
-
-    def __init__(self, rate: float) -> None:
-        self._min_gap = 1.0 / rate
-        self._gap = self._min_gap
-        self._next = 0.0
-        self._slowed_at = -math.inf
-
-    @property
-    def rate(self) -> float:
-        """The rate in force now, in queries per second."""
-        return 1.0 / self._gap
-
-    async def acquire(self) -> None:
-        now = time.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self._gap
-        if self._gap > self._min_gap:
-            self._gap = max(self._min_gap, self._gap * 0.98)
-        # Waits shorter than a timer tick are not worth a trip through the event loop.
-        if slot - now > 0.0005:
-            await anyio.sleep(slot - now)
-
-    def slow_down(self) -> None:
-        now = time.monotonic()
-        # The queries already in flight when the limit was hit all come back refused: react to
-        # the first of a burst only.
-        if now - self._slowed_at < 2 * self._gap:
-            return
-        self._slowed_at = now
-        self._gap = min(self._MAX_GAP, self._gap * 1.5)
 
 
 @attrs.frozen(kw_only=True)
@@ -183,14 +130,12 @@ class Poller:
         table: JobTable,
         query: Query,
         policy: PollPolicy,
-        budget: QueryBudget | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.table = table
         self.policy = policy
         self.model = DurationModel(policy)
         self._query = query
-        self.budget = budget or RateLimiter(policy.max_queries_per_second)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
@@ -316,7 +261,7 @@ class Poller:
                 handoff: asyncio.Future[JobRecord] = loop.create_future()
                 idle.append(handoff)
                 record = await handoff
-            await self.budget.acquire()
+            # The transport paces every query attempt through the client's query budget.
             await self._ask(record)
 
     async def _ask(self, record: JobRecord) -> None:

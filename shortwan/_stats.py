@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from ._poller import PollerStatistics
+from ._rate import RateStatistics
 from ._table import JobTableStatistics
 
 __all__ = ["CallbackStatistics", "ClientStatistics"]
@@ -37,9 +38,12 @@ class ClientStatistics:
     Attributes:
         jobs: the job table: jobs by state, money, uncertain and adopted creates.
         polling: the shared poller: queries answered, what it learned of running times.
+        rate: the query budget: the rate in force, any pause, the recent share of 429s, the
+            noise and the limit it has learned.
         callbacks: the callback receiver, when the client has one.
     """
 
     jobs: JobTableStatistics
     polling: PollerStatistics
+    rate: RateStatistics
     callbacks: CallbackStatistics | None = None

@@ -20,7 +20,8 @@ from shortwan import (
     PollPolicy,
     SpendBudget,
 )
-from shortwan._poller import DurationModel, RateLimiter
+from shortwan._poller import DurationModel
+from shortwan._rate import RateLimiter
 from shortwan._table import JobRecord, state_for
 
 URL = "https://example.com/a.png"
