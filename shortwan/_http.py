@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import math
@@ -130,6 +131,17 @@ def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[
     if cause is not None:
         error.__cause__ = cause
     raise AttemptFailed(error, Safety.UNCERTAIN)
+
+
+# aiohttp sends a body held in memory in one write, and warns (a ResourceWarning) above 1 MiB,
+# which a create with a large data-URI image reaches: such bodies go as a stream instead.
+_STREAMED_BODY: Final = 1 << 20
+
+
+def _encoded(body: Mapping[str, Any]) -> bytes | io.BytesIO:
+    """Return ``body`` as compact JSON, as a stream when it is large."""
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return io.BytesIO(raw) if len(raw) > _STREAMED_BODY else raw
 
 
 def _client_error(exc: BaseException, timeouts: Timeouts) -> AttemptFailed:
@@ -273,7 +285,7 @@ class Transport:
                 method,
                 self.base_url + path,
                 params=params,
-                data=None if body is None else json.dumps(body, separators=(",", ":")),
+                data=None if body is None else _encoded(body),
                 headers=self._auth if body is None else self._auth_json,
                 timeout=self._attempt_timeout(retrying.remaining()),
                 allow_redirects=False,

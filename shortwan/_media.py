@@ -1,12 +1,20 @@
-"""Local image checks and data-URI encoding, so a bad image is refused before money is spent."""
+"""Image checks and data-URI encoding, so a bad image is refused before money is spent.
+
+Local files are checked in full (every pixel decoded) when they are read. Images already given as
+data URIs are checked when a request is built: with Pillow, on their headers (format, sides,
+aspect ratio) and, for a PNG that has an alpha channel, on their pixels' transparency; without
+Pillow, on their type (from the magic bytes) and size only.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import stat
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Final, TypeGuard
 
@@ -21,6 +29,7 @@ from ._spec import (
 
 __all__ = [
     "check_image_bytes",
+    "data_image_problem",
     "image_input",
     "image_input_or_problem",
     "is_remote",
@@ -89,6 +98,7 @@ def image_input_or_problem(
     media_type, problem = check_image_bytes(data, name)
     if problem is not None or media_type is None:
         return None, problem
+    _remember(data, None)  # checked in full: the request built from it need not look again
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", None
 
 
@@ -123,10 +133,75 @@ def _read_image_file(source: str | os.PathLike[str], name: str) -> tuple[bytes, 
     return data, None
 
 
-def check_image_bytes(data: bytes, name: str) -> tuple[str | None, str | None]:
+# Magic bytes of the accepted formats, for the check without Pillow.
+_MAGIC: Final = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+)
+# Data URIs already checked, by digest: a request rebuilt (attrs.evolve, a retry of a batch line)
+# is not decoded again. Bounded, and keyed by a digest so no image is kept alive by it.
+_CHECKED: Final[OrderedDict[bytes, str | None]] = OrderedDict()
+_CHECKED_SIZE: Final = 256
+
+
+def _remember(data: bytes, problem: str | None) -> None:
+    _CHECKED[hashlib.blake2b(data, digest_size=16).digest()] = problem
+    while len(_CHECKED) > _CHECKED_SIZE:
+        _CHECKED.popitem(last=False)
+
+
+def _format_from_magic(data: bytes) -> str | None:
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def data_image_problem(data: bytes, name: str) -> str | None:
+    """Return the first image rule that the decoded bytes of a data URI break, or None.
+
+    With Pillow the headers are read (format, sides, aspect ratio), and the pixels of a PNG that
+    may hold transparency; without it, the format (from the magic bytes) and the size are checked
+    and the rest is left to the service. The answer is remembered for the same bytes.
+    """
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    if key in _CHECKED:
+        _CHECKED.move_to_end(key)
+        return _CHECKED[key]
+    if len(data) > MAX_IMAGE_BYTES:
+        problem: str | None = oversize_problem(name, len(data))
+    else:
+        try:
+            import PIL  # noqa: F401, PLC0415 - optional dependency
+        except ImportError:
+            fmt = _format_from_magic(data)
+            problem = None if fmt is not None else _not_accepted(name, None)
+        else:
+            problem = check_image_bytes(data, name, pixels=False)[1]
+    _remember(data, problem)
+    return problem
+
+
+def _not_accepted(name: str, fmt: str | None) -> str:
+    allowed = ", ".join(IMAGE_FORMATS)
+    return f"{name}: format {fmt or 'unknown'} is not accepted (allowed: {allowed})"
+
+
+def check_image_bytes(
+    data: bytes, name: str, *, pixels: bool = True
+) -> tuple[str | None, str | None]:
     """Check an image's bytes against the service's rules.
 
     Works on bytes alone, wherever they came from (a file, a decoded data URI), and needs Pillow.
+
+    Args:
+        data: the image file's bytes.
+        name: what to call the image in the problem.
+        pixels: decode every pixel, so a damaged or cut-off file is refused too. Without it the
+            headers are read, and the pixels only of a PNG that may hold transparency.
 
     Returns:
         ``(media type, None)`` for a good image, ``(None, first rule broken)`` otherwise.
@@ -148,11 +223,7 @@ def check_image_bytes(data: bytes, name: str) -> tuple[str | None, str | None]:
                 fmt = image.format
                 width, height = image.size
                 if fmt not in IMAGE_FORMATS:
-                    allowed = ", ".join(IMAGE_FORMATS)
-                    return (
-                        None,
-                        f"{name}: format {fmt or 'unknown'} is not accepted (allowed: {allowed})",
-                    )
+                    return None, _not_accepted(name, fmt)
                 for side, value in (("width", width), ("height", height)):
                     if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
                         return None, (
@@ -163,7 +234,8 @@ def check_image_bytes(data: bytes, name: str) -> tuple[str | None, str | None]:
                     return None, (f"{name}: aspect ratio {width}:{height} is outside 1:8 to 8:1")
                 # Every pixel is decoded, so a damaged or cut-off file is refused before it is
                 # paid for, not by the service after.
-                image.load()
+                if pixels:
+                    image.load()
                 if fmt == "PNG" and _has_transparency(image):
                     return None, f"{name}: PNG images must not have transparent pixels"
     except UnidentifiedImageError:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import InvalidRequestError, ShortWanError
-from ._media import image_input_or_problem, oversize_problem
+from ._media import data_image_problem, image_input_or_problem, oversize_problem
 from ._spec import (
     ACCEPTED_COMBINATIONS,
     DEFAULT_DURATION,
@@ -85,10 +85,10 @@ def _image_problem(name: str, value: str) -> str | None:
     if size > MAX_IMAGE_BYTES:
         return oversize_problem(name, size)
     try:
-        base64.b64decode(payload, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return f"{name}: the data URI is not valid base64"
-    return None
+    return data_image_problem(data, name)
 
 
 def _optional_str(name: str, value: object, problems: list[str]) -> str | None:

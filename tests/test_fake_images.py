@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from shortwan import InvalidRequestError, image_input
+from shortwan import ImageToVideo, InvalidRequestError, image_input
 from shortwan.testing import FakeShortAPI
 from shortwan.testing._images import read_header
 from shortwan.testing._rules import check_create
@@ -216,32 +216,43 @@ class TestImageRules:
         assert problems == ["last_frame_image: a PNG image must have no transparency"]
 
 
+AGREEMENT = [
+    encode(RGB, "PNG"),
+    OPAQUE_RGBA,
+    CLEAR_RGBA,
+    encode(HALF_CLEAR, "PNG"),
+    encode(Image.new("LA", (320, 240), (90, 0)), "PNG"),
+    encode(Image.new("LA", (320, 240), (90, 255)), "PNG"),
+    palette_png(0),
+    palette_png(1),
+    encode(RGB, "JPEG"),
+    encode(Image.new("RGB", (1920, 240)), "JPEG"),
+    encode(Image.new("RGB", (1921, 240)), "JPEG"),
+    encode(Image.new("RGB", (239, 300)), "BMP"),
+    encode(RGB, "BMP"),
+    encode(RGB, "WEBP", lossless=True),
+    encode(RGB, "GIF"),
+    encode(Image.new("RGB", (1, 1)), "PNG"),
+    b"not an image",
+]
+
+
 class TestAgreementWithTheSDK:
-    @pytest.mark.parametrize(
-        "data",
-        [
-            encode(RGB, "PNG"),
-            OPAQUE_RGBA,
-            CLEAR_RGBA,
-            encode(HALF_CLEAR, "PNG"),
-            encode(Image.new("LA", (320, 240), (90, 0)), "PNG"),
-            encode(Image.new("LA", (320, 240), (90, 255)), "PNG"),
-            palette_png(0),
-            palette_png(1),
-            encode(RGB, "JPEG"),
-            encode(Image.new("RGB", (1920, 240)), "JPEG"),
-            encode(Image.new("RGB", (1921, 240)), "JPEG"),
-            encode(Image.new("RGB", (239, 300)), "BMP"),
-            encode(RGB, "BMP"),
-            encode(RGB, "WEBP", lossless=True),
-            encode(RGB, "GIF"),
-            encode(Image.new("RGB", (1, 1)), "PNG"),
-            b"not an image",
-        ],
-    )
+    @pytest.mark.parametrize("data", AGREEMENT)
     def test_fake_and_local_file_check_agree(self, data: bytes) -> None:
         """The fake accepts a data-URI image exactly when the SDK accepts it as a local file."""
         assert (fake_problems(data) == []) == sdk_accepts(data)
+
+    @pytest.mark.parametrize("data", AGREEMENT)
+    def test_fake_and_request_check_agree(self, data: bytes) -> None:
+        """The fake accepts a data-URI image exactly when ImageToVideo accepts it as one."""
+        try:
+            ImageToVideo(first_frame_image=uri(data))
+        except InvalidRequestError:
+            accepted = False
+        else:
+            accepted = True
+        assert (fake_problems(data) == []) == accepted
 
 
 class TestWithoutPillow:

@@ -12,12 +12,14 @@ from helpers import client_for, req
 from PIL import Image
 
 from shortwan import (
+    MODEL_ID,
     APIError,
     AsyncShortWan,
     AuthenticationError,
     BadRequestError,
     ImageToVideo,
     InsufficientBalanceError,
+    InvalidRequestError,
 )
 from shortwan.testing import ErrorCodes, FakeShortAPI
 
@@ -25,7 +27,7 @@ Transport = Literal["envelope", "http"]
 
 
 def clear_png_uri() -> str:
-    """A data URI of a fully transparent PNG: the SDK sends it, the service's rules refuse it."""
+    """A data URI of a fully transparent PNG, which the service's rules refuse."""
     buffer = io.BytesIO()
     Image.new("RGBA", (320, 240), (0, 0, 0, 0)).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -81,18 +83,31 @@ class TestRefusalsInEachTransport:
     async def test_image_the_rules_refuse(
         self, transport: Transport, error: type[APIError]
     ) -> None:
-        """A transparent PNG data URI reaches the fake, which refuses it naming the rule."""
-        request = ImageToVideo(prompt="clear", first_frame_image=clear_png_uri())
+        """A transparent PNG data URI sent past the request model reaches the fake, which refuses
+        it naming the rule; the transport maps the refusal in either style."""
+        args = {"prompt": "clear", "first_frame_image": clear_png_uri()}
         async with (
             FakeShortAPI(run_time=0, error_transport=transport) as fake,
             client_for(fake) as client,
         ):
             with pytest.raises(APIError) as info:
-                await client.submit(request)
+                await client._transport.create(MODEL_ID, args)
         assert type(info.value) is error
         assert info.value.code == 400
         assert "transparency" in str(info.value)
         assert (fake.stats.creates_received, fake.stats.jobs_created) == (1, 0)
+
+    @pytest.mark.anyio
+    async def test_the_sdk_refuses_that_image_before_sending(self) -> None:
+        """The same image in a batch line is refused by the SDK, naming the rule: nothing sent."""
+        line = {"prompt": "clear", "first_frame_image": clear_png_uri()}
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
+            (outcome,) = await client.gather([line])
+        assert isinstance(outcome.error, InvalidRequestError)
+        assert "transparent" in str(outcome.error)
+        assert fake.stats.creates_received == 0
+        with pytest.raises(InvalidRequestError, match="transparent"):
+            ImageToVideo(**line)
 
     @pytest.mark.parametrize("transport", ["envelope", "http"])
     @pytest.mark.anyio

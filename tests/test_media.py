@@ -8,7 +8,9 @@ import os
 import struct
 from pathlib import Path
 
+import attrs
 import pytest
+from helpers import run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -220,3 +222,90 @@ class TestLocalPaths:
         path.write_bytes(damaged_png())
         with pytest.raises(InvalidRequestError, match="not a readable image"):
             ImageToVideo.from_files(first_frame_image=path, prompt="x")
+
+
+def data_uri(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+class TestDataURIs:
+    @pytest.mark.parametrize(
+        ("data", "rule"),
+        [
+            (b"garbage, no image at all" * 20, "not a readable image"),
+            (encode(rgb(1, 1), "PNG"), "width is 1 px"),
+            (encode(rgb(2490, 300), "PNG"), "aspect ratio 2490:300"),
+            (encode(Image.new("RGBA", (320, 240), (0, 0, 0, 0)), "PNG"), "transparent"),
+            (encode(rgb(), "GIF"), "format GIF is not accepted"),
+        ],
+        ids=["garbage", "1x1", "8.3:1", "transparent", "gif"],
+    )
+    def test_a_data_uri_that_breaks_a_rule_is_refused_when_built(
+        self, data: bytes, rule: str
+    ) -> None:
+        """A data-URI image is held to the image rules where the request is built, with Pillow."""
+        with pytest.raises(InvalidRequestError, match=rule):
+            ImageToVideo(first_frame_image=data_uri(data))
+
+    @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "WEBP"])
+    def test_a_good_data_uri_is_accepted(self, fmt: str) -> None:
+        """Images within the rules pass, whatever type the URI declares."""
+        request = ImageToVideo(first_frame_image=data_uri(encode(rgb(), fmt)))
+        assert request.first_frame_image is not None
+        ImageToVideo(
+            last_frame_image=data_uri(encode(rgb(), fmt), "image/jpeg"),
+            first_frame_image="https://example.com/a.png",
+        )
+
+    def test_the_last_frame_is_checked_too(self) -> None:
+        """A last frame breaking a rule is refused, listed with the request's other problems."""
+        with pytest.raises(InvalidRequestError) as info:
+            ImageToVideo(
+                first_frame_image="https://example.com/a.png",
+                last_frame_image=data_uri(encode(rgb(100, 100), "PNG")),
+                duration=99,
+            )
+        problems = info.value.problems
+        assert any(p.startswith("last_frame_image: width is 100 px") for p in problems)
+        assert any("duration" in p for p in problems)
+
+    def test_without_pillow_type_and_size_are_checked(self) -> None:
+        """Without Pillow a data URI is checked for its type (magic bytes) and size only."""
+        script = """
+import base64, sys
+sys.modules["PIL"] = None  # as if Pillow were not installed
+from shortwan import ImageToVideo, InvalidRequestError
+for line in sys.stdin:
+    try:
+        ImageToVideo(first_frame_image="data:image/png;base64," + line.strip())
+    except InvalidRequestError as exc:
+        print(exc.problems[0])
+    else:
+        print("ok")
+"""
+        images = [
+            b"garbage, no image at all" * 20,
+            encode(rgb(1, 1), "PNG"),
+            encode(rgb(), "JPEG"),
+            encode(rgb(), "WEBP"),
+            encode(rgb(), "GIF"),
+        ]
+        stdin = "".join(base64.b64encode(data).decode() + "\n" for data in images)
+        done = run_python(script, stdin)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            "first_frame_image: format unknown is not accepted (allowed: JPEG, PNG, BMP, WEBP)",
+            "ok",  # its sides cannot be read without Pillow: the service judges them
+            "ok",
+            "ok",
+            "first_frame_image: format unknown is not accepted (allowed: JPEG, PNG, BMP, WEBP)",
+        ]
+
+    def test_a_request_rebuilt_is_not_judged_differently(self) -> None:
+        """A request rebuilt (attrs.evolve, the same line again) gets the same verdict each time."""
+        good = ImageToVideo(first_frame_image=data_uri(encode(rgb(), "PNG")))
+        assert attrs.evolve(good, duration=10).duration == 10
+        bad = data_uri(encode(rgb(1, 1), "PNG"))
+        for _ in range(2):
+            with pytest.raises(InvalidRequestError, match="width is 1 px"):
+                ImageToVideo(first_frame_image=bad)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import socket
 import time
@@ -11,6 +13,7 @@ from typing import ClassVar, Literal
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from shortwan import (
     APIError,
@@ -121,6 +124,18 @@ class TestLifecycle:
 
 
 class TestSubmitAndQuery:
+    @pytest.mark.anyio
+    async def test_a_create_over_a_mebibyte_is_sent(self, fake: FakeShortAPI) -> None:
+        """A create carrying a large image (1.4 MB as a BMP data URI) goes out whole, streamed,
+        without the warning aiohttp gives for large bodies held in memory (an error here)."""
+        image = io.BytesIO()
+        Image.new("RGB", (800, 600), (10, 120, 200)).save(image, "BMP")
+        uri = "data:image/bmp;base64," + base64.b64encode(image.getvalue()).decode()
+        assert len(uri) > 1 << 20
+        async with client_for(fake) as client:
+            job = await client.submit(ImageToVideo(first_frame_image=uri))
+        assert fake.jobs[job.id].args["first_frame_image"] == uri
+
     @pytest.mark.anyio
     async def test_submit_returns_job_with_decimal_amount(self, fake: FakeShortAPI) -> None:
         """A create returns the job id and its charge as a Decimal."""
