@@ -4,7 +4,7 @@
 faults, rate limits and callbacks; ``set_testing(True)`` makes retries skip their waits.
 """
 
-from shortwan._config import PollPolicy, set_testing
+from shortwan._config import FAST_POLL, PollPolicy, set_testing
 
 from ._answers import ErrorCodes
 from ._fake import DEFAULT_API_KEY, FakeShortAPI
@@ -35,10 +35,4 @@ def fast_poll() -> PollPolicy:
     The production defaults expect jobs of minutes and would wait a minute before the first
     query; use this with :class:`FakeShortAPI` in tests and demos.
     """
-    return PollPolicy(
-        min_interval=0.05,
-        max_interval=0.5,
-        prior_seconds_per_video_second=0.05,
-        max_queries_per_second=500,
-        max_concurrent_queries=32,
-    )
+    return FAST_POLL

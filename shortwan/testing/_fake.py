@@ -12,10 +12,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import web
+
+from shortwan._aio import ClosedOnExit
 
 from ._answers import Answers, ErrorCodes, ErrorText, ErrorTransport
 from ._api import JobAPI
@@ -37,7 +39,7 @@ __all__ = ["DEFAULT_API_KEY", "FakeShortAPI"]
 DEFAULT_API_KEY: Final = "ak-5e7a2c0ffee0d15ea5edfa4e0b1e2024"
 
 
-class FakeShortAPI:
+class FakeShortAPI(ClosedOnExit):
     """A local stand-in for ShortAPI's job service, for tests and demos.
 
     Use it as an async context manager; it listens on ``host`` (127.0.0.1) and a free port, and
@@ -233,14 +235,6 @@ class FakeShortAPI:
         self.url = self._files.base = f"http://{self._host}:{port}"
         self._spawn(self._callbacks.run())
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop serving and end every background task."""
