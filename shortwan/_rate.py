@@ -22,14 +22,16 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import anyio
 import attrs
 
 from ._config import is_testing
+from ._rate_curve import CUT_TO, MIN_PROBE, PROBE, RateCurve
 
-__all__ = ["QueryBudget", "RateController", "RateLimiter", "RateStatistics"]
+__all__ = ["QueryBudget", "RateController", "RateCurve", "RateLimiter", "RateStatistics"]
 
 logger = logging.getLogger("shortwan")
 
@@ -55,25 +57,16 @@ _MIN_VARIANCE: Final = 0.0025
 _TRIAL: Final = 64
 # Refusals above this share are never taken for noise.
 _MAX_NOISE: Final = 0.5
-# Fraction of the accepted rate a cut goes to: just under the limit, so it is not hit at once.
-_CUT_TO: Final = 0.9
-# How fast the rate comes back: the doubling time while no limit is known, and the relative
-# climb per second past a known limit (halved each time the same limit is found again).
-_DOUBLING: Final = 1.0
-_PROBE: Final = 0.01
-_MIN_PROBE: Final = 0.0025
 # Whole windows in a row with less than half the learned noise before it is halved.
 _FADE: Final = 5
-# A limit not seen again for this long is forgotten (it may have been lifted).
-_FORGET: Final = 120.0
+# The longest a cut on trial holds the rate, in seconds, should its judge go away.
+_MAX_HOLD: Final = 60.0
 # The shortest stretch of time over which an accepted rate is measured, and the fewest accepted
 # answers that make it a measure at all: with fewer, a cut divides the rate by _MAX_CUT instead.
 _MIN_SPAN: Final = 0.1
 _MIN_ACCEPTED: Final = 3
 # How deep a cut goes when too little was accepted to measure, as a divisor of the rate.
 _MAX_CUT: Final = 4.0
-# The rate climbs to at most this multiple of the rate actually used lately.
-_HEADROOM: Final = 2.0
 
 
 @attrs.frozen(kw_only=True)
@@ -128,21 +121,71 @@ class _Trial:
     refused: int = 0
 
 
+class _Answers:
+    """The recent answers to queries sent at the rate in force: the evidence of a window."""
+
+    __slots__ = ("_entries", "refused")
+
+    def __init__(self) -> None:
+        # (sent_at, refused), oldest first.
+        self._entries: deque[tuple[float, bool]] = deque(maxlen=_WINDOW)
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, sent_at: float, refused: bool) -> None:
+        entries = self._entries
+        if len(entries) == entries.maxlen and entries[0][1]:
+            self.refused -= 1
+        entries.append((sent_at, refused))
+        self.refused += refused
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.refused = 0
+
+    def share(self) -> float:
+        """Return the share of the answers that were 429s (0 with none)."""
+        return self.refused / len(self._entries) if self._entries else 0.0
+
+    def last_refused(self, count: int) -> int:
+        """Return how many of the last ``count`` answers were 429s."""
+        entries = self._entries
+        return sum(1 for i in range(1, count + 1) if entries[-i][1])
+
+    def span(self) -> float:
+        """Return the time over which the queries were sent (their answers came later)."""
+        entries = self._entries
+        return max(entries[-1][0] - entries[0][0], _MIN_SPAN)
+
+
 class RateController:
     """Decide the rate in force and the pause from the answers to queries.
 
     The controller does no I/O and reads no clock: every call passes ``now`` (seconds on one
     monotonic clock), so the same logic serves an in-process limiter and a shared one, and tests
-    replay synthetic traces through it.
+    replay synthetic traces through it. What it decides is its :attr:`curve`; the evidence it
+    decides from (recent answers, a cut on trial, the noise learned) stays its own.
 
     Args:
         ceiling: the highest rate, in queries per second.
         floor: the lowest rate a cut may reach (default: a thousandth of the ceiling, and no
             less than one query a minute).
         name: what is limited, for log lines.
+        scale: when several processes send through one shared rate, returns how many queries
+            all of them sent for each one sent here lately (1.0 alone): what this process sees
+            accepted is then only its share of what the service accepted.
     """
 
-    def __init__(self, ceiling: float, *, floor: float | None = None, name: str = "query") -> None:
+    def __init__(
+        self,
+        ceiling: float,
+        *,
+        floor: float | None = None,
+        name: str = "query",
+        scale: Callable[[], float] | None = None,
+    ) -> None:
         if not (math.isfinite(ceiling) and ceiling > 0):
             raise ValueError(f"ceiling must be a finite rate > 0, got {ceiling!r}")
         self.ceiling = float(ceiling)
@@ -150,21 +193,16 @@ class RateController:
             floor = max(self.ceiling / 1000, 1 / 60)
         self.floor = min(self.ceiling, floor)
         self.name = name
-        self.paused_until = -math.inf
-        # The rate climbs from _base, set at _base_at, toward the ceiling.
-        self._base = self.ceiling
-        self._base_at = -math.inf
-        self._limit: float | None = None
-        self._limit_at = -math.inf
-        self._probe = _PROBE
+        self._scale = scale
+        self.curve = RateCurve(ceiling=self.ceiling, base=self.ceiling)
         self._noise = 0.0
         self._quiet = 0  # whole windows in a row with less than half the noise
-        # Recent answers to queries sent at the rate in force: (sent_at, refused), oldest first.
-        self._window: deque[tuple[float, bool]] = deque(maxlen=_WINDOW)
-        self._window_refused = 0
+        self._window = _Answers()
         self._trial: _Trial | None = None
-        # Counts changes of the base rate, so a limiter can drop slots planned at an old rate.
+        # Counts changes of the base rate, so a limiter can drop slots planned at an old rate,
+        # and every change of the curve, so a shared copy knows when to be written.
         self.changes = 0
+        self.edits = 0
         self._sent = 0
         self._refused = 0
         self._cuts = 0
@@ -174,48 +212,46 @@ class RateController:
     def __repr__(self) -> str:
         return f"<RateController {self.name} ceiling={self.ceiling:g}/s>"
 
+    @property
+    def paused_until(self) -> float:
+        """Every query holds off until then."""
+        return self.curve.paused_until
+
     # --- the two numbers ------------------------------------------------------------------------
 
     def rate(self, now: float) -> float:
         """Return the rate in force at ``now``, in queries per second."""
-        base = self._base
-        if base >= self.ceiling:
-            return self.ceiling
-        if self._trial is not None:
-            return base  # held while the cut is judged
-        elapsed = max(0.0, now - max(self._base_at, self.paused_until))
-        limit = self._limit if now - self._limit_at <= _FORGET else None
-        if limit is None:
-            rate = base * math.pow(2.0, elapsed / _DOUBLING)
-        else:
-            # Quickly back to just under the limit, then a slow probe past it.
-            near = _CUT_TO * limit
-            if base < near:
-                fast = base * math.pow(2.0, elapsed / _DOUBLING)
-                if fast <= near:
-                    return fast
-                elapsed -= _DOUBLING * math.log2(near / base)
-                base = near
-            rate = base * (1.0 + self._probe * elapsed)
-        # The rate only climbs as far as it is used: an allowance far above the queries actually
-        # sent would let the next burst of them storm the service at once.
-        rate = min(rate, max(base, _HEADROOM * self._used()))
-        if rate < self.ceiling:
-            return rate
-        self._base = self.ceiling
-        logger.info(
-            "%s rate back at its ceiling of %.3g/s", self.name, self.ceiling, extra={"rate": rate}
-        )
-        return self.ceiling
+        curve = self.curve
+        rate = curve.rate(now, self._used())
+        if rate >= self.ceiling and curve.base < self.ceiling:
+            curve.base, curve.base_at = self.ceiling, now
+            self.edits += 1
+            logger.info(
+                "%s rate back at its ceiling of %.3g/s",
+                self.name,
+                self.ceiling,
+                extra={"rate": rate},
+            )
+        return rate
 
     def pause(self, now: float, seconds: float) -> None:
         """Hold every query from ``now`` for ``seconds`` (a pause only ever grows)."""
         until = now + max(0.0, seconds)
-        if until <= self.paused_until:
+        curve = self.curve
+        if until <= curve.paused_until:
             return
-        if self.paused_until < now:
+        if curve.paused_until < now:
             self._pauses += 1
-        self.paused_until = until
+        curve.paused_until = until
+        self.edits += 1
+
+    def install(self, curve: RateCurve) -> None:
+        """Follow ``curve``, decided elsewhere (another process sharing the rate)."""
+        if curve.base != self.curve.base or curve.base_at != self.curve.base_at:
+            self.changes += 1
+            # Answers to queries sent before the change say nothing about the new rate.
+            self._window.clear()
+        self.curve = curve
 
     # --- evidence -------------------------------------------------------------------------------
 
@@ -231,13 +267,10 @@ class RateController:
         """
         self._sent += 1
         self._refused += refused
-        if sent_at < self._base_at:
+        if sent_at < self.curve.base_at:
             return
         window = self._window
-        if len(window) == window.maxlen and window[0][1]:
-            self._window_refused -= 1
-        window.append((sent_at, refused))
-        self._window_refused += refused
+        window.add(sent_at, refused)
         trial = self._trial
         if trial is not None:
             trial.seen += 1
@@ -259,7 +292,7 @@ class RateController:
 
     def _review(self, now: float) -> None:
         """Look back at a whole window without evidence of a limit."""
-        share = self._window_refused / _WINDOW
+        share = self._window.share()
         # A noise learned once may fade: after several whole windows in a row with less than
         # half of it, it is halved. (Never raised here: a limit's refusals would be taken for
         # noise bit by bit; only a cut that did not help raises it.)
@@ -267,16 +300,18 @@ class RateController:
         if self._quiet >= _FADE:
             self._noise = self._noise / 2 if self._noise > 0.005 else 0.0
             self._quiet = 0
-        limit = self._limit
-        if limit is not None and self.rate(now) > 1.2 * limit:
+        limit = self.curve.limit
+        rate = self.rate(now)
+        if limit is not None and rate > 1.2 * limit:
             # Well past the limit and no evidence of it: it is gone, or it never was.
-            self._limit = None
+            self.curve.limit = None
+            self.edits += 1
             logger.info(
                 "%s limit of %.3g/s no longer seen at %.3g/s",
                 self.name,
                 limit,
-                self.rate(now),
-                extra={"rate": self.rate(now)},
+                rate,
+                extra={"rate": rate},
             )
 
     def _quick_share(self, trial: _Trial | None) -> float | None:
@@ -288,7 +323,7 @@ class RateController:
         noise = max(self._noise, _PRIOR_NOISE)
         window = self._window
         if len(window) >= _QUICK:
-            refused = sum(1 for i in range(1, _QUICK + 1) if window[-i][1])
+            refused = window.last_refused(_QUICK)
             if _binomial_tail(refused, _QUICK, noise) < _QUICK_P:
                 return refused / _QUICK
         if (
@@ -301,27 +336,23 @@ class RateController:
 
     def _sustained_evidence(self) -> bool:
         n = len(self._window)
-        if n < _WINDOW // 2:
-            return False
-        return self._window_refused / n > self._noise + self._margin(n)
+        return n >= _WINDOW // 2 and self._window.share() > self._noise + self._margin(n)
 
-    def _span(self) -> float:
-        """Return the time over which the window's queries were sent (answers come later)."""
-        window = self._window
-        return max(window[-1][0] - window[0][0], _MIN_SPAN)
+    def _share_of_all(self) -> float:
+        return 1.0 if self._scale is None else max(1.0, self._scale())
 
     def _used(self) -> float:
-        """Return the queries a second sent lately (0 when too few to tell)."""
+        """Return the queries a second sent lately, by every process sharing the rate."""
         if len(self._window) < _QUICK:
             return 0.0
-        return len(self._window) / self._span()
+        return len(self._window) / self._window.span() * self._share_of_all()
 
     def _accepted_rate(self) -> float | None:
         """Return what the service accepted over the window, or None if too little to tell."""
-        accepted = len(self._window) - self._window_refused
+        accepted = len(self._window) - self._window.refused
         if accepted < _MIN_ACCEPTED:
             return None
-        return accepted / self._span() / (1.0 - self._noise)
+        return accepted / self._window.span() / (1.0 - self._noise) * self._share_of_all()
 
     def _cut(self, now: float) -> None:
         """Cut the rate to just under what the service accepted over the window.
@@ -331,10 +362,10 @@ class RateController:
         """
         before = self.rate(now)
         answers = len(self._window)
-        share = self._window_refused / answers
+        share = self._window.share()
         accepted = self._accepted_rate()
         # Too little accepted to measure: a bounded step down; the trial shows if it was enough.
-        target = before / _MAX_CUT if accepted is None else min(before, _CUT_TO * accepted)
+        target = before / _MAX_CUT if accepted is None else min(before, CUT_TO * accepted)
         trial = self._trial
         if trial is None:
             trial = _Trial(
@@ -352,6 +383,8 @@ class RateController:
             trial.shown = True
             trial.seen = trial.refused = 0
         self._set_base(target, now)
+        # Held while on trial: long enough for the trial's answers at the new rate, no longer.
+        self.curve.hold_until = now + min(_MAX_HOLD, 2 * _TRIAL / self.curve.base)
         self._trial = trial
         self._cuts += 1
         logger.info(
@@ -359,23 +392,17 @@ class RateController:
             "service accepted %s",
             self.name,
             before,
-            self._base,
-            self._window_refused,
+            self.curve.base,
+            self._window.refused,
             len(self._window),
             "too few to measure" if accepted is None else f"{accepted:.3g}/s",
-            extra={"rate": self._base, "refusal_share": share},
+            extra={"rate": self.curve.base, "refusal_share": share},
         )
         self._window.clear()
-        self._window_refused = 0
 
     def _near_known_limit(self, accepted: float | None, now: float) -> bool:
-        known = self._limit
-        return (
-            known is not None
-            and accepted is not None
-            and now - self._limit_at <= _FORGET
-            and 0.8 < accepted / known < 1.25
-        )
+        known = self.curve.known_limit(now)
+        return known is not None and accepted is not None and 0.8 < accepted / known < 1.25
 
     def _judge(self, trial: _Trial, now: float) -> None:
         share, seen = trial.refused / trial.seen, trial.seen
@@ -400,16 +427,19 @@ class RateController:
     def _confirm(self, trial: _Trial, now: float) -> None:
         """The refusals fell to the noise with the rate: the limit is real."""
         self._trial = None
+        curve = self.curve
+        curve.hold_until = now  # judged: the climb back starts now
+        self.edits += 1
         limit = trial.limit
         if limit is None:
             return  # too little was accepted to measure the limit: climb back and find it
         if self._near_known_limit(limit, now):
             # Found again near the same rate: probe past it more slowly next time, so a steady
             # limit costs fewer and fewer 429s.
-            self._probe = max(_MIN_PROBE, self._probe / 2)
+            curve.probe = max(MIN_PROBE, curve.probe / 2)
         else:
-            self._probe = _PROBE
-        self._limit, self._limit_at = limit, now
+            curve.probe = PROBE
+        curve.limit, curve.limit_at = limit, now
 
     def _undo(self, trial: _Trial, pooled: float, now: float) -> None:
         """The refusals stayed: they never depended on the rate. Learn them, take the cut back.
@@ -426,34 +456,35 @@ class RateController:
         self._noise = min(_MAX_NOISE, max(self._noise, high))
         self._undone += 1
         self._set_base(trial.rate_before, now)
+        self.curve.hold_until = now
         self._window.clear()
-        self._window_refused = 0
         logger.info(
             "%s rate back to %.3g/s: 429s did not fall with the cut (%.0f %% after it), so they "
             "do not depend on the rate: taken as noise",
             self.name,
-            self._base,
+            self.curve.base,
             share * 100,
-            extra={"rate": self._base, "refusal_share": share},
+            extra={"rate": self.curve.base, "refusal_share": share},
         )
 
     def _set_base(self, rate: float, now: float) -> None:
-        self._base = min(self.ceiling, max(self.floor, rate))
-        self._base_at = now
+        curve = self.curve
+        curve.base = min(self.ceiling, max(self.floor, rate))
+        curve.base_at = now
         self.changes += 1
+        self.edits += 1
 
     def statistics(self, now: float) -> RateStatistics:
         """Return a snapshot of the controller at ``now``."""
-        n = len(self._window)
         return RateStatistics(
             rate=self.rate(now),
             ceiling=self.ceiling,
             floor=self.floor,
-            pause=max(0.0, self.paused_until - now),
-            refusal_share=self._window_refused / n if n else 0.0,
-            window=n,
+            pause=max(0.0, self.curve.paused_until - now),
+            refusal_share=self._window.share(),
+            window=len(self._window),
             noise=self._noise,
-            limit=self._limit if now - self._limit_at <= _FORGET else None,
+            limit=self.curve.known_limit(now),
             sent=self._sent,
             refused=self._refused,
             cuts=self._cuts,
@@ -502,10 +533,18 @@ class RateLimiter:
     Args:
         rate: the ceiling, in queries per second.
         floor: the lowest rate a cut may reach (see :class:`RateController`).
+        controller: the controller to follow, instead of one of its own (a shared budget hands
+            its own over when it paces locally).
     """
 
-    def __init__(self, rate: float, *, floor: float | None = None) -> None:
-        self.controller = RateController(rate, floor=floor)
+    def __init__(
+        self,
+        rate: float,
+        *,
+        floor: float | None = None,
+        controller: RateController | None = None,
+    ) -> None:
+        self.controller = controller or RateController(rate, floor=floor)
         self._next = 0.0
         self._changes = 0
 

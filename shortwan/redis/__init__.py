@@ -13,6 +13,7 @@ through Redis" for what each piece does when Redis fails.
 """
 
 from ._bucket import BucketState, RateBucket, WindowCounters, WindowStats
+from ._budget import SharedQueryBudget
 from ._core import SCHEMA, SCHEMA_VERSION
 from ._jobs import DEFAULT_END_TTL, JobEnd, JobView
 from ._spend import SharedSpendCounter, SpendFigures
@@ -30,6 +31,7 @@ __all__ = [
     "RateBucket",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SharedQueryBudget",
     "SharedSpendCounter",
     "SharedState",
     "SpendFigures",

@@ -110,6 +110,10 @@ class Keys:
         """The prefix of one set of per-second counters."""
         return f"{self.prefix}counts:{name}"
 
+    def budget(self, name: str) -> str:
+        """A shared query budget: its rate curve, pause and next free slot."""
+        return f"{self.prefix}budget:{name}"
+
 
 def _marker() -> str:
     return json.dumps({"schema": SCHEMA, "version": SCHEMA_VERSION}, separators=(",", ":"))
@@ -313,6 +317,9 @@ async def check_schema(
     found = await redis.get(keys.schema)
     if found is None and not recovering:
         async for key in redis.scan_iter(match=keys.prefix + "*", count=1000):
+            found = await redis.get(keys.schema)
+            if found is not None:
+                break  # another process connecting at the same moment wrote it meanwhile
             raise ConfigurationError(
                 f"the Redis namespace {namespace!r} holds keys that shortwan did not write "
                 f"(such as {text(key)!r}) and no schema marker; give "

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from .._errors import ConfigurationError
 from ._bucket import RateBucket, WindowCounters
+from ._budget import SharedQueryBudget
 from ._core import UNREACHABLE, Keys, Link, check_schema, describe
 from ._jobs import JobView
 from ._lua import Script
@@ -93,6 +94,17 @@ class SharedState(Link):
     ) -> RateBucket:
         """Return the token bucket ``name``; ``rate`` applies until a process sets another."""
         return RateBucket(self, _check_name(name), rate=rate, burst=burst, max_pause=max_pause)
+
+    def query_budget(
+        self, ceiling: float, *, name: str = "queries", floor: float | None = None
+    ) -> SharedQueryBudget:
+        """Return the query budget ``name``: one rate and one pause for every process.
+
+        Give it to ``AsyncShortWan(query_budget=...)`` (``AsyncShortWan(shared=...)`` does so by
+        itself). ``ceiling`` is the combined rate of every process, in queries per second; the
+        rate controller's cuts and the service's pauses apply to all of them.
+        """
+        return SharedQueryBudget(self, name=_check_name(name), ceiling=ceiling, floor=floor)
 
     def window_counters(self, name: str = "queries", *, horizon: int = 120) -> WindowCounters:
         """Return the per-second counters ``name``, readable over the last ``horizon`` seconds."""

@@ -1,0 +1,274 @@
+"""A query budget shared by every process: one rate, one pause, one slot queue on the server.
+
+Each process keeps its own :class:`~shortwan.RateController` (its evidence: recent answers, a cut
+on trial, the noise it learned), but what the controllers decide — the rate curve and the pause —
+has one copy on the server, and every query of every process takes its send time from one queue
+of slots there. So a limit seen by one worker slows them all, a cut is made once, and the
+combined rate is the rate in force, not a multiple of it.
+
+The server's copy is written with a version check: when two processes decide at once, the first
+write wins and the other takes it. Times cross the boundary as the server's clock (``TIME``), so
+processes on different machines agree; inside a process the controller keeps the local monotonic
+clock.
+
+When Redis cannot be reached, queries go on through a local limiter that follows the same
+controller (one WARNING says so), and sharing resumes, with what was decided meanwhile, once the
+server answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from typing import Any, Final
+
+import anyio
+
+from .._errors import SharedStateError
+from .._rate import RateController, RateCurve, RateLimiter, RateStatistics
+from ._core import Link, text
+from ._lua import Script
+
+__all__ = ["SharedQueryBudget"]
+
+logger = logging.getLogger("shortwan")
+
+_KEEP_MS: Final = 24 * 3600 * 1000
+# Seconds of sends counted by the server, summed over whole seconds, to tell this process's share.
+_SHARE_SECONDS: Final = 3
+# How often the clock offset is measured again, and how many measures are kept.
+_CLOCK_EVERY: Final = 30.0
+
+# KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed.
+# Books the next free slot and counts the send; returns the wait, the server's time, the pause,
+# the version and curve of the shared copy, and the sends of every process over whole seconds.
+_TAKE = Script(
+    """
+local now = now_s()
+local h = redis.call('HMGET', KEYS[1], 'next', 'paused', 'version', 'curve')
+local next_free = tonumber(h[1] or '0')
+local paused = tonumber(h[2] or '0')
+local slot = math.max(now, paused, next_free)
+redis.call('HSET', KEYS[1], 'next', string.format('%.6f', slot + 1 / tonumber(ARGV[1])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local second = math.floor(now)
+local counter = KEYS[1] .. ':sent:' .. second
+redis.call('INCR', counter)
+redis.call('EXPIRE', counter, tonumber(ARGV[3]) + 2)
+local sent = 0
+for s = second - tonumber(ARGV[3]), second - 1 do
+  sent = sent + tonumber(redis.call('GET', KEYS[1] .. ':sent:' .. s) or '0')
+end
+return {string.format('%.6f', slot - now), string.format('%.6f', now),
+  string.format('%.6f', paused), h[3] or '0', h[4] or '', tostring(sent), tostring(second)}
+"""
+)
+
+# KEYS: the budget. ARGV: the version the writer read, its curve, its pause (server time), the
+# keep time. Writes the curve only over that version; a pause only ever grows. Returns whether
+# it wrote, and the version, curve and pause in force.
+_WRITE = Script(
+    """
+local h = redis.call('HMGET', KEYS[1], 'version', 'curve', 'paused')
+local version = tonumber(h[1] or '0')
+local paused = math.max(tonumber(h[3] or '0'), tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'paused', string.format('%.6f', paused))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if version ~= tonumber(ARGV[1]) then
+  return {0, tostring(version), h[2] or '', string.format('%.6f', paused)}
+end
+redis.call('HSET', KEYS[1], 'version', version + 1, 'curve', ARGV[2])
+return {1, tostring(version + 1), ARGV[2], string.format('%.6f', paused)}
+"""
+)
+
+
+def _server_time(value: float, offset: float) -> float:
+    return value + offset if math.isfinite(value) else value
+
+
+def _encode(curve: RateCurve, offset: float) -> str:
+    return json.dumps(
+        {
+            "base": curve.base,
+            "base_at": _server_time(curve.base_at, offset),
+            "hold_until": _server_time(curve.hold_until, offset),
+            "limit": curve.limit,
+            "limit_at": _server_time(curve.limit_at, offset),
+            "probe": curve.probe,
+        }
+    )
+
+
+def _decode(raw: str, *, ceiling: float, paused: float, offset: float) -> RateCurve | None:
+    """Read the server's curve into the local clock (None if there is none or it is unreadable)."""
+    try:
+        fields: dict[str, Any] = json.loads(raw)
+        limit = fields["limit"]
+        return RateCurve(
+            ceiling=ceiling,
+            base=min(ceiling, float(fields["base"])),
+            base_at=float(fields["base_at"]) - offset,
+            hold_until=float(fields["hold_until"]) - offset,
+            limit=None if limit is None else float(limit),
+            limit_at=float(fields["limit_at"]) - offset,
+            probe=float(fields["probe"]),
+            paused_until=paused - offset if paused > 0 else -math.inf,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class SharedQueryBudget:
+    """A :class:`~shortwan.QueryBudget` whose rate, pause and slots every process shares.
+
+    Made by :meth:`SharedState.query_budget`; give it to ``AsyncShortWan(query_budget=...)``.
+
+    Args:
+        link: the shared state.
+        name: several budgets may live in one namespace (one per service limit).
+        ceiling: the highest combined rate of every process, in queries per second.
+        floor: the lowest rate a cut may reach (see :class:`~shortwan.RateController`).
+    """
+
+    def __init__(
+        self, link: Link, *, name: str, ceiling: float, floor: float | None = None
+    ) -> None:
+        self._link = link
+        self.name = name
+        self._key = link.keys.budget(name)
+        self.controller = RateController(ceiling, floor=floor, scale=self._share)
+        self._local = RateLimiter(ceiling, controller=self.controller)
+        self._version = 0  # of the server's copy, as last seen
+        self._written = 0  # the controller's edits up to which the server's copy is ours
+        # Server time minus local monotonic time, from the quickest round trip seen lately.
+        self._offset = 0.0
+        self._offset_trip = math.inf
+        self._offset_at = -math.inf
+        # Sends of this process per server second, and of all of them over whole seconds.
+        self._mine: deque[tuple[int, int]] = deque(maxlen=_SHARE_SECONDS + 2)
+        self._all = 0
+        self._all_until = 0
+        self._alone = True  # pacing locally: Redis could not be reached
+
+    def __repr__(self) -> str:
+        return f"<SharedQueryBudget {self.name!r} namespace={self._link.namespace!r}>"
+
+    # --- QueryBudget ---------------------------------------------------------------------------
+
+    async def acquire(self) -> None:
+        if not self._link.online:
+            await self._acquire_alone("Redis is unreachable")
+            return
+        try:
+            if self.controller.edits != self._written:
+                await self._write()
+            wait = await self._take()
+        except SharedStateError as exc:
+            await self._acquire_alone(str(exc))
+            return
+        if self._alone:
+            self._alone = False
+            logger.info("the query budget %r is shared again", self.name)
+        if wait > 0.0005:
+            await anyio.sleep(wait)
+
+    def observe(self, *, sent_at: float, refused: bool, retry_after: float | None = None) -> float:
+        return self._local.observe(sent_at=sent_at, refused=refused, retry_after=retry_after)
+
+    def pause(self, seconds: float) -> None:
+        self._local.pause(seconds)
+
+    def statistics(self) -> RateStatistics:
+        """Return a snapshot of the rate in force, the pause and this process's recent answers."""
+        return self._local.statistics()
+
+    # --- the server's copy ---------------------------------------------------------------------
+
+    async def _acquire_alone(self, why: str) -> None:
+        if not self._alone:
+            self._alone = True
+            logger.warning(
+                "the query budget %r cannot be shared (%s); queries are paced locally until "
+                "Redis answers again",
+                self.name,
+                why,
+            )
+        await self._local.acquire()
+
+    async def _take(self) -> float:
+        rate = self.controller.rate(time.monotonic())
+        before = time.monotonic()
+        reply = await self._link.run(_TAKE, (self._key,), (repr(rate), _KEEP_MS, _SHARE_SECONDS))
+        after = time.monotonic()
+        wait, server_now, paused, version, curve, sent, second = (text(x) for x in reply)
+        self._clock(float(server_now), before, after)
+        self._count(int(second), int(sent))
+        self._follow(int(version), curve, float(paused))
+        return float(wait)
+
+    async def _write(self) -> None:
+        controller = self.controller
+        edits = controller.edits
+        curve = controller.curve
+        offset = self._offset
+        paused = _server_time(curve.paused_until, offset)
+        reply = await self._link.run(
+            _WRITE,
+            (self._key,),
+            (
+                self._version,
+                _encode(curve, offset),
+                repr(paused if math.isfinite(paused) else 0.0),
+                _KEEP_MS,
+            ),
+        )
+        wrote, version, raw, paused_text = (text(x) for x in reply)
+        if wrote == "1":
+            self._version, self._written = int(version), edits
+            return
+        # Another process decided first: its curve is the one in force.
+        self._written = controller.edits
+        self._follow(int(version), raw, float(paused_text), force=True)
+
+    def _follow(self, version: int, raw: str, paused: float, *, force: bool = False) -> None:
+        """Take the server's copy if it is newer than what this process last saw."""
+        controller = self.controller
+        local_paused = paused - self._offset if paused > 0 else -math.inf
+        controller.curve.paused_until = max(controller.curve.paused_until, local_paused)
+        if version <= self._version and not force:
+            return
+        if controller.edits != self._written and not force:
+            # This process decided something since: its write, next, is checked against the
+            # version it read, so it is refused and this copy is taken then.
+            return
+        self._version = version
+        curve = _decode(raw, ceiling=controller.ceiling, paused=paused, offset=self._offset)
+        if curve is not None:
+            controller.install(curve)
+
+    def _clock(self, server_now: float, before: float, after: float) -> None:
+        trip = after - before
+        now = after
+        if trip <= self._offset_trip or now - self._offset_at > _CLOCK_EVERY:
+            self._offset = server_now - (before + after) / 2
+            self._offset_trip, self._offset_at = trip, now
+
+    def _count(self, second: int, sent: int) -> None:
+        mine = self._mine
+        if mine and mine[-1][0] == second:
+            mine[-1] = (second, mine[-1][1] + 1)
+        else:
+            mine.append((second, 1))
+        self._all, self._all_until = sent, second
+
+    def _share(self) -> float:
+        """Return how many queries every process sent for each one sent here, lately."""
+        until = self._all_until
+        mine = sum(n for s, n in self._mine if until - _SHARE_SECONDS <= s < until)
+        if mine == 0 or self._all == 0:
+            return 1.0
+        return self._all / mine
