@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine, throttle
+from benchmarks import callbacks, cli, download, engine, shared_rate, throttle
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +35,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "polling": engine.bench_polling,
     "cap": throttle.bench_rate_cap,
     "throttled": throttle.bench_throttled,
+    "shared-rate": shared_rate.bench,
     "scale": engine.bench_scale,
     "callbacks": callbacks.bench,
     "download": download.bench,

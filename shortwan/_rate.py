@@ -203,6 +203,8 @@ class RateController:
         # and every change of the curve, so a shared copy knows when to be written.
         self.changes = 0
         self.edits = 0
+        # Queries waiting for a slot now (the limiter keeps it): demand beyond the rate.
+        self.waiting = 0
         self._sent = 0
         self._refused = 0
         self._cuts = 0
@@ -342,7 +344,13 @@ class RateController:
         return 1.0 if self._scale is None else max(1.0, self._scale())
 
     def _used(self) -> float:
-        """Return the queries a second sent lately, by every process sharing the rate."""
+        """Return the queries a second sent lately, by every process sharing the rate.
+
+        With queries waiting for a slot, the demand is more than the rate in force, whatever was
+        sent: infinite, for the climb's cap.
+        """
+        if self.waiting:
+            return math.inf
         if len(self._window) < _QUICK:
             return 0.0
         return len(self._window) / self._window.span() * self._share_of_all()
@@ -574,7 +582,13 @@ class RateLimiter:
             # Waits shorter than a timer tick are not worth a trip through the event loop.
             if slot - now <= 0.0005:
                 return
-            await anyio.sleep(slot - now)
+            # Queries waiting for their slot are demand the rate does not meet: while any wait,
+            # the rate may climb whatever was sent lately.
+            controller.waiting += 1
+            try:
+                await anyio.sleep(slot - now)
+            finally:
+                controller.waiting -= 1
             if controller.changes == changes and controller.paused_until <= slot:
                 return
 

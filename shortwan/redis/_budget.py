@@ -174,7 +174,12 @@ class SharedQueryBudget:
             self._alone = False
             logger.info("the query budget %r is shared again", self.name)
         if wait > 0.0005:
-            await anyio.sleep(wait)
+            # Waiting for a slot: demand the rate does not meet (see RateController.waiting).
+            self.controller.waiting += 1
+            try:
+                await anyio.sleep(wait)
+            finally:
+                self.controller.waiting -= 1
 
     def observe(self, *, sent_at: float, refused: bool, retry_after: float | None = None) -> float:
         return self._local.observe(sent_at=sent_at, refused=refused, retry_after=retry_after)
