@@ -46,6 +46,7 @@ from ._options import DEFAULT_CONCURRENCY, BatchOptions
 from ._outputs import Outputs
 from ._rate import QueryBudget
 from ._retry import RetryHook
+from ._shared import SharedStore
 from ._spec import DEFAULT_JOB_TIMEOUT
 from ._spend import SpendLimit, open_budget
 from ._stats import ClientStatistics
@@ -123,9 +124,13 @@ class AsyncShortWan(ClosedOnExit):
         callbacks: a :class:`~shortwan.callbacks.CallbackReceiver`: every create then carries
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
+        shared: a :class:`shortwan.redis.SharedState` (from ``await shortwan.redis.connect(...)``)
+            to share with every process of its namespace. It is borrowed: closing the client
+            never closes it.
 
     Raises:
-        ConfigurationError: no API key, or a base URL that is not http(s).
+        ConfigurationError: no API key, a base URL that is not http(s), or a ``shared`` state
+            that is closed or cannot reach its server.
     """
 
     def __init__(
@@ -144,7 +149,11 @@ class AsyncShortWan(ClosedOnExit):
         max_in_flight: int | None = None,
         on_retry: RetryHook | None = None,
         callbacks: CallbackReceiver | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
+        if shared is not None and (shared.closed or not shared.online):
+            state = "closed" if shared.closed else "cannot reach its server"
+            raise ConfigurationError(f"the shared state {shared!r} {state}; nothing was sent")
         limit: object = max_in_flight
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ConfigurationError(f"max_in_flight must be an int >= 1 or None, got {limit!r}")
@@ -169,6 +178,7 @@ class AsyncShortWan(ClosedOnExit):
             query_budget=query_budget,
             callbacks=callbacks,
             max_in_flight=max_in_flight,
+            shared=shared,
         )
         self._downloader = Downloader(
             session=self._transport.session,
@@ -353,7 +363,7 @@ class AsyncShortWan(ClosedOnExit):
             resubmit_uncertain=resubmit_uncertain,
             download_to=download_to,
         )
-        batch = await self._batch(requests, options)
+        batch = await _open_batch(self, self._engine, requests, options)
         try:
             await self._engine.spawn(batch.run)
             receive = batch.receive  # closed by batch.stop(), which names what is left in it
@@ -400,7 +410,7 @@ class AsyncShortWan(ClosedOnExit):
             download_to=download_to,
         )
         outcomes: list[Outcome] = []
-        batch = await self._batch(requests, options, sink=outcomes.append)
+        batch = await _open_batch(self, self._engine, requests, options, sink=outcomes.append)
         try:
             await self._engine.spawn(batch.run)
             await batch.finished.wait()
@@ -410,37 +420,6 @@ class AsyncShortWan(ClosedOnExit):
             raise batch.error
         outcomes.sort(key=lambda o: o.index)
         return outcomes
-
-    async def _batch(
-        self,
-        requests: RequestSource,
-        options: BatchOptions,
-        *,
-        sink: Callable[[Outcome], None] | None = None,
-    ) -> Batch:
-        ledger = ledger_for(options.journal)
-        budget = await open_budget(options.max_spend, spent_before=ledger.spent)
-        folder = None
-        if options.download_to is not None:
-            folder = anyio.Path(options.download_to)
-            await folder.mkdir(parents=True, exist_ok=True)
-            folder = await folder.resolve()
-
-        async def fetch(video: Video, dest: Path) -> Path:
-            return await self.download(video, dest)
-
-        outputs = Outputs(
-            None if folder is None else Path(folder), fetch, claim_existing=ledger.remembers
-        )
-        return Batch(
-            self._engine,
-            requests,
-            options=options,
-            ledger=ledger,
-            budget=budget,
-            outputs=outputs,
-            sink=sink,
-        )
 
     async def download(
         self,
@@ -492,3 +471,31 @@ class AsyncShortWan(ClosedOnExit):
         return await self._downloader.fetch(
             url, path, job_id=job_id, overwrite=overwrite, refresh=refresh
         )
+
+
+async def _open_batch(
+    client: AsyncShortWan,
+    engine: Engine,
+    requests: RequestSource,
+    options: BatchOptions,
+    *,
+    sink: Callable[[Outcome], None] | None = None,
+) -> Batch:
+    """Make the batch of one ``generate_many`` or ``gather`` call: its ledger, cap and folder."""
+    ledger = ledger_for(options.journal)
+    budget = await open_budget(options.max_spend, spent_before=ledger.spent)
+    folder = None
+    if options.download_to is not None:
+        folder = anyio.Path(options.download_to)
+        await folder.mkdir(parents=True, exist_ok=True)
+        folder = await folder.resolve()
+
+    async def fetch(video: Video, dest: Path) -> Path:
+        return await client.download(video, dest)
+
+    outputs = Outputs(
+        None if folder is None else Path(folder), fetch, claim_existing=ledger.remembers
+    )
+    return Batch(
+        engine, requests, options=options, ledger=ledger, budget=budget, outputs=outputs, sink=sink
+    )

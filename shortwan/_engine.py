@@ -25,6 +25,7 @@ from ._http import Transport
 from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
 from ._poller import Poller
 from ._rate import QueryBudget, RateLimiter
+from ._shared import SharedStore
 from ._table import JobRecord, JobState, JobTable, state_for
 
 if TYPE_CHECKING:
@@ -47,11 +48,18 @@ class Engine:
         query_budget: QueryBudget | None = None,
         callbacks: CallbackReceiver | None = None,
         max_in_flight: int | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.transport = transport
         self.callbacks = callbacks
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
+        if query_budget is None and shared is not None:
+            # A store that offers a shared query budget (one rate for every process) plugs in
+            # here; without one, each process keeps its own limiter.
+            make_budget = getattr(shared, "query_budget", None)
+            if make_budget is not None:
+                query_budget = make_budget(poll.max_queries_per_second)
         # Every query of the client, polls and get_job alike, retries included, is paced by this
         # one budget, which hears every answer (see _rate).
         self.query_budget: QueryBudget = query_budget or RateLimiter(poll.max_queries_per_second)

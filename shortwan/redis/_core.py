@@ -163,6 +163,11 @@ class Link:
         """Whether the server answered the last call (or heartbeat) made to it."""
         return self._online
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (every call is then refused)."""
+        return self._closed
+
     # --- calls ---------------------------------------------------------------------------------
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
