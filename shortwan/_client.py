@@ -125,8 +125,10 @@ class AsyncShortWan(ClosedOnExit):
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
         shared: a :class:`shortwan.redis.SharedState` (from ``await shortwan.redis.connect(...)``)
-            to share with every process of its namespace. It is borrowed: closing the client
-            never closes it.
+            to share with every process of its namespace: every job end seen here is
+            published, an attached job (and :meth:`get_job`) is answered from an end another
+            process saw without a query, and a job another live worker polls is not polled here
+            too. It is borrowed: closing the client never closes it.
 
     Raises:
         ConfigurationError: no API key, a base URL that is not http(s), or a ``shared`` state
@@ -208,12 +210,14 @@ class AsyncShortWan(ClosedOnExit):
         The snapshot is frozen: it does not change as the client goes on, and changing it
         changes nothing in the client.
         """
-        receiver = self._engine.callbacks
+        engine = self._engine
+        receiver, sharing = engine.callbacks, engine.sharing
         return ClientStatistics(
-            jobs=self._engine.table.statistics(),
-            polling=self._engine.poller.statistics(),
-            rate=self._engine.query_budget.statistics(),
+            jobs=engine.table.statistics(),
+            polling=engine.poller.statistics(),
+            rate=engine.query_budget.statistics(),
             callbacks=None if receiver is None else receiver.statistics(),
+            shared=None if sharing is None else sharing.statistics(),
         )
 
     @property
@@ -269,6 +273,10 @@ class AsyncShortWan(ClosedOnExit):
         """Query a job once and return what the service said.
 
         Queries change nothing on the service, so they are retried on every transient failure.
+        With ``shared``, a job whose end some process published is answered from that end, with
+        no query: its snapshot then has status, URLs, error, refund and credit, and ``None`` for
+        the fields the service echoes (model, arguments, timestamps). An end a query reports is
+        published.
 
         Raises:
             InvalidRequestError: ``job_id`` is not a plausible job id (nothing was sent).
@@ -280,13 +288,16 @@ class AsyncShortWan(ClosedOnExit):
         if problem is not None:
             raise InvalidRequestError([problem])
         self._check_open()
-        return await self._engine.query(job_id)
+        return await self._engine.look_up(job_id)
 
     def attach(self, job_id: str) -> Job:
         """Track a job created elsewhere (another process, an earlier run) by its id.
 
         The job is asked about at once and then polled like any other; await
-        :meth:`Job.result` for its video.
+        :meth:`Job.result` for its video. With ``shared``, an end another process published
+        resolves it with no query, and a job another live worker polls is not polled here
+        (except as a slow safety net, ``PollPolicy.callback_interval``): its end arrives when
+        that worker publishes it.
 
         Raises:
             InvalidRequestError: ``job_id`` is not a plausible job id.

@@ -8,6 +8,7 @@ crosses the seam, so both sides build and read it the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -18,7 +19,7 @@ from ._models import JobSnapshot, JobStatus, Video
 from ._spend import SpendCounter
 from ._table import JobRecord
 
-__all__ = ["JobEnd", "SharedStore"]
+__all__ = ["JobEnd", "SharedJobs", "SharedStore"]
 
 
 @attrs.frozen(kw_only=True)
@@ -137,6 +138,22 @@ class JobEnd:
         )
 
 
+class SharedJobs(Protocol):
+    """Job ends seen by any process (``shortwan.redis.JobView``), and who polls which job."""
+
+    async def publish_many(self, ends: Sequence[JobEnd]) -> list[bool]:
+        """Store and announce ``ends`` in one go; say for each whether it was the first."""
+
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, JobEnd]:
+        """Return the published ends of those of ``job_ids`` that have one."""
+
+    def subscribe(self, job_id: str, callback: Callable[[JobEnd], None]) -> Callable[[], None]:
+        """Call ``callback(end)`` once any process publishes the end; return the cancel."""
+
+    async def claim(self, job_ids: Sequence[str], *, ttl: float) -> dict[str, str]:
+        """Claim the polling of ``job_ids`` for ``ttl`` seconds; return who polls each one."""
+
+
 class SharedStore(Protocol):
     """State shared by processes, as the client uses it (``shortwan.redis.SharedState``).
 
@@ -154,6 +171,17 @@ class SharedStore(Protocol):
     @property
     def closed(self) -> bool:
         """Whether the store was closed (it then refuses every call)."""
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds a worker counts as alive after its last heartbeat."""
+
+    @property
+    def jobs(self) -> SharedJobs:
+        """The shared job view."""
+
+    async def wait_online(self) -> None:
+        """Return once the store is reachable again (at once if it is)."""
 
     async def spend_counter(
         self,

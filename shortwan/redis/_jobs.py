@@ -24,7 +24,7 @@ from .._models import check_timeout, job_id_problem
 from .._shared import JobEnd
 from .._spec import DEFAULT_JOB_TIMEOUT
 from ._core import Link, text
-from ._lua import Script
+from ._lua import Call, Script
 from ._reader import Entry, StreamReader
 
 __all__ = ["JobEnd", "JobView"]
@@ -134,6 +134,33 @@ class JobView:
         )
         return bool(first)
 
+    async def publish_many(self, ends: Sequence[JobEnd]) -> list[bool]:
+        """Publish several ends in one round trip (see :meth:`publish`); say which were first.
+
+        Raises:
+            SharedStateError: Redis could not be reached; some of them may have been published
+                (publishing one again changes nothing).
+        """
+        keys = self._link.keys
+        calls: list[Call] = []
+        for given in ends:
+            job_id = _check_id(given.job_id)
+            end = given if given.seen_by else attrs.evolve(given, seen_by=self._link.worker_id)
+            calls.append(
+                (
+                    _PUBLISH,
+                    (keys.job(job_id), keys.ends, keys.polling(job_id)),
+                    (_encode(end), max(1, int(self.ttl * 1000)), job_id, _STREAM_LENGTH),
+                )
+            )
+        if not calls:
+            return []
+        firsts = await self._link.run_many(calls)
+        for first in firsts:
+            if isinstance(first, SharedStateError):
+                raise first
+        return [bool(first) for first in firsts]
+
     async def get(self, job_id: str) -> JobEnd | None:
         """Return the published end of ``job_id``, ``None`` if no process published one.
 
@@ -143,6 +170,29 @@ class JobView:
         key = self._link.keys.job(_check_id(job_id))
         raw = await self._link.call(lambda: self._link.redis.get(key))
         return None if raw is None else _decode(raw)
+
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, JobEnd]:
+        """Return the published ends of those of ``job_ids`` that have one, in one round trip.
+
+        An end that cannot be read is left out (and logged), as if none were published.
+
+        Raises:
+            SharedStateError: Redis could not be reached.
+        """
+        ids = [_check_id(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        keys = [self._link.keys.job(job_id) for job_id in ids]
+        values = await self._link.call(lambda: self._link.redis.mget(keys))
+        found: dict[str, JobEnd] = {}
+        for job_id, raw in zip(ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[job_id] = _decode(raw)
+            except SharedStateError:
+                logger.warning("the shared end of job %s cannot be read", job_id)
+        return found
 
     async def ttl_of(self, job_id: str) -> float | None:
         """Return the seconds the end of ``job_id`` is still kept, ``None`` if there is none."""
