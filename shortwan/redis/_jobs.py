@@ -18,13 +18,14 @@ from typing import Final
 import anyio
 import attrs
 from cattrs.preconf.json import make_converter
+from redis.typing import EncodableT
 
 from .._errors import InvalidRequestError, JobTimeoutError, SharedStateError, ShortWanError
 from .._models import check_timeout, job_id_problem
 from .._shared import JobEnd
 from .._spec import DEFAULT_JOB_TIMEOUT
 from ._core import Link, text
-from ._lua import Call, Script
+from ._lua import Script
 from ._reader import Entry, StreamReader
 
 __all__ = ["JobEnd", "JobView"]
@@ -44,6 +45,28 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'job', ARGV[3], 'end', 
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
 return 1
+"""
+)
+
+# The same for many ends in one call. KEYS: the stream, then a job's key and its polling claim
+# for each end. ARGV: the time to live in ms, the stream's length, then a job id and its end
+# for each. Returns 1 or 0 for each end, as _PUBLISH does.
+_PUBLISH_MANY = Script(
+    """
+local firsts = {}
+for i = 3, #ARGV, 2 do
+  local n = (i - 1) / 2
+  local key, claim = KEYS[2 * n], KEYS[2 * n + 1]
+  if redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'job', ARGV[i], 'end', ARGV[i + 1])
+    redis.call('DEL', claim)
+    firsts[n] = 1
+  else
+    firsts[n] = 0
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return firsts
 """
 )
 
@@ -135,30 +158,22 @@ class JobView:
         return bool(first)
 
     async def publish_many(self, ends: Sequence[JobEnd]) -> list[bool]:
-        """Publish several ends in one round trip (see :meth:`publish`); say which were first.
+        """Publish several ends in one call (see :meth:`publish`); say which were the first.
 
         Raises:
-            SharedStateError: Redis could not be reached; some of them may have been published
-                (publishing one again changes nothing).
+            SharedStateError: Redis could not be reached; nothing was published, or all was.
         """
+        if not ends:
+            return []
         keys = self._link.keys
-        calls: list[Call] = []
+        names: list[str] = [keys.ends]
+        values: list[EncodableT] = [max(1, int(self.ttl * 1000)), _STREAM_LENGTH]
         for given in ends:
             job_id = _check_id(given.job_id)
             end = given if given.seen_by else attrs.evolve(given, seen_by=self._link.worker_id)
-            calls.append(
-                (
-                    _PUBLISH,
-                    (keys.job(job_id), keys.ends, keys.polling(job_id)),
-                    (_encode(end), max(1, int(self.ttl * 1000)), job_id, _STREAM_LENGTH),
-                )
-            )
-        if not calls:
-            return []
-        firsts = await self._link.run_many(calls)
-        for first in firsts:
-            if isinstance(first, SharedStateError):
-                raise first
+            names += (keys.job(job_id), keys.polling(job_id))
+            values += (job_id, _encode(end))
+        firsts = await self._link.run(_PUBLISH_MANY, names, values)
         return [bool(first) for first in firsts]
 
     async def get(self, job_id: str) -> JobEnd | None:
