@@ -6,23 +6,17 @@ against the fake service named in the options, and prints its observations as JS
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections import Counter
 from typing import Any
 
 import anyio
+from redis_child import main, say
 
 from shortwan import AsyncShortWan, ImageToVideo, PollPolicy
-from shortwan.redis import SharedState, connect
+from shortwan.redis import SharedState
 
 URL = "https://example.com/frame.png"
-
-
-def say(**fields: Any) -> None:
-    """Print one observation as a JSON line, at once."""
-    print(json.dumps(fields, default=str), flush=True)
 
 
 def client(shared: SharedState, options: dict[str, Any]) -> AsyncShortWan:
@@ -88,15 +82,5 @@ async def batch(shared: SharedState, options: dict[str, Any]) -> None:
 ROLES = {"create": create, "attach": attach, "batch": batch}
 
 
-async def main() -> None:
-    """Connect, play the role, close."""
-    role, url, namespace, raw = sys.argv[1:5]
-    options = json.loads(raw)
-    async with await connect(
-        url, namespace=namespace, heartbeat=options.get("heartbeat", 2.0)
-    ) as shared:
-        await ROLES[role](shared, options)
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, ROLES)

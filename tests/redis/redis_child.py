@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -129,14 +130,17 @@ ROLES = {
 }
 
 
-async def main() -> None:
-    """Connect, play the role, close."""
+Role = Callable[[SharedState, dict[str, Any]], Awaitable[None]]
+
+
+async def main(roles: Mapping[str, Role] = ROLES) -> None:
+    """Connect, play the role named on the command line, close."""
     role, url, namespace, raw = sys.argv[1:5]
     options = json.loads(raw)
     async with await connect(
         url, namespace=namespace, heartbeat=options.get("heartbeat", 2.0)
     ) as s:
-        await ROLES[role](s, options)
+        await roles[role](s, options)
 
 
 if __name__ == "__main__":
