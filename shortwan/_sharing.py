@@ -45,6 +45,7 @@ _PUBLISH_BATCH: Final = 256
 # many new jobs to claim) goes out in one round trip rather than one each. Nothing waits on it:
 # the jobs are polled meanwhile, and other processes hear of an end this much later.
 _GATHER: Final = 0.01
+_LOOK: Final = 1.0
 # Ends kept while the store is unreachable; past this, the oldest are dropped (they are then only
 # found by other processes' own queries).
 _KEEP_ENDS: Final = 10_000
@@ -102,8 +103,8 @@ class Sharing:
         self._watching: list[JobRecord] = []
         self._claiming: list[JobRecord] = []
         self._ends: deque[JobEnd] = deque()
-        # Jobs another worker polls: id → the cancel of the subscription to their end.
-        self._elsewhere: dict[str, Callable[[], None]] = {}
+        # Jobs another worker polls: id → the record and the cancel of the subscription to its end.
+        self._elsewhere: dict[str, tuple[JobRecord, Callable[[], None]]] = {}
         self._counters: dict[Decimal, SpendCounter] = {}
         self._wake: asyncio.Event | None = None
         self._publishing = anyio.Lock()
@@ -147,9 +148,7 @@ class Sharing:
 
     def ended(self, record: JobRecord) -> None:
         """Publish the end of ``record``, which the service just reported."""
-        cancel = self._elsewhere.pop(record.id, None)
-        if cancel is not None:
-            cancel()
+        self._bring_back(record)
         self._keep(JobEnd.from_record(record))
 
     def saw(self, snapshot: JobSnapshot) -> None:
@@ -184,12 +183,17 @@ class Sharing:
         wake.set()
         renew_at = time.monotonic() + self._ttl / 3
         while True:
-            with anyio.move_on_after(max(0.0, renew_at - time.monotonic())):
+            # Awake at least every _LOOK seconds: a store closed or lost under the client is
+            # noticed soon, not at the next renewal.
+            with anyio.move_on_after(max(0.0, min(renew_at - time.monotonic(), _LOOK))):
                 await wake.wait()
             await anyio.sleep(_GATHER)
             wake.clear()
             if self.store.closed:
                 self._go_local()
+                for record, _cancel in list(self._elsewhere.values()):
+                    self._bring_back(record)  # nobody will tell this client of their ends now
+                    self._poller.schedule(record, 0.0)
                 logger.warning("the shared state was closed; this client goes on alone")
                 return
             if not self.store.online:
@@ -287,16 +291,13 @@ class Sharing:
             if holders.get(record.id, me) == me:
                 if record.elsewhere:
                     # Its poller is gone (or its claim lapsed): this worker takes over, now.
-                    record.elsewhere = False
-                    cancel = self._elsewhere.pop(record.id, None)
-                    if cancel is not None:
-                        cancel()
+                    self._bring_back(record)
                     self._poller.schedule(record, 0.0)
                 elif attached:
                     self._poller.schedule(record, 0.0)
             elif not record.elsewhere:
+                self._subscribe(record)  # first: a store closed meanwhile leaves it polled here
                 record.elsewhere = True
-                self._subscribe(record)
                 self._poller.defer(record, self._poller.policy.callback_interval)
 
     def _subscribe(self, record: JobRecord) -> None:
@@ -306,7 +307,14 @@ class Sharing:
                 self._from_elsewhere += 1
                 self._apply_end(record, end)
 
-        self._elsewhere[record.id] = self._jobs.subscribe(record.id, arrived)
+        self._elsewhere[record.id] = (record, self._jobs.subscribe(record.id, arrived))
+
+    def _bring_back(self, record: JobRecord) -> None:
+        # Polled here again (it ended here, its poller left, or the store did): no subscription.
+        record.elsewhere = False
+        held = self._elsewhere.pop(record.id, None)
+        if held is not None:
+            held[1]()
 
     def _go_local(self) -> None:
         # Attached jobs waiting for a look-up are asked about here; claims wait for the renewal
@@ -341,7 +349,7 @@ class Sharing:
 
     def close(self) -> None:
         """Drop every subscription and queue: the client is closed."""
-        for cancel in self._elsewhere.values():
+        for _record, cancel in self._elsewhere.values():
             cancel()
         self._elsewhere.clear()
         self._watching.clear()

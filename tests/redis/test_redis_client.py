@@ -210,6 +210,30 @@ class TestJobView:
         assert stats.shared is not None
         assert stats.shared.polled_elsewhere == 0
 
+    async def test_a_state_closed_under_the_client_leaves_it_polling_alone(
+        self, redis_server: RedisServer, namespace: str
+    ) -> None:
+        """When its shared state is closed, a client polls the jobs it had left to another
+        worker itself, and still delivers them."""
+        url = redis_server.url
+        async with FakeShortAPI(run_time=1.5) as fake:
+            options = options_for(fake, prompts=[f"alone {i}" for i in range(3)], linger=True)
+            async with child("create", url, namespace, options, script=CLIENT_CHILD) as a:
+                ids = [(await a.line())["created"] for _ in range(3)]
+                await anyio.sleep(0.2)
+                shared = await connect(url, namespace=namespace)
+                async with client(fake, shared) as b:
+                    jobs = [b.attach(job_id) for job_id in ids]
+                    await eventually(lambda: shared.jobs.watched == 3)
+                    await shared.aclose()
+                    # The safety net (30 s) would come long after this.
+                    videos = [await job.result(timeout=10) for job in jobs]
+                    stats = b.statistics()
+        assert [video.job_id for video in videos] == ids
+        assert stats.polling.queries_sent >= 3
+        assert stats.shared is not None
+        assert stats.shared.polled_elsewhere == 0
+
 
 async def test_four_processes_under_one_cap_never_cross_it(
     redis_server: RedisServer, namespace: str
