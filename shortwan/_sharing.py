@@ -45,6 +45,7 @@ _PUBLISH_BATCH: Final = 256
 # many new jobs to claim) goes out in one round trip rather than one each. Nothing waits on it:
 # the jobs are polled meanwhile, and other processes hear of an end this much later.
 _GATHER: Final = 0.01
+# The longest the task sleeps between two looks at the store's state.
 _LOOK: Final = 1.0
 # Ends kept while the store is unreachable; past this, the oldest are dropped (they are then only
 # found by other processes' own queries).
