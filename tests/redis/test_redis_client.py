@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import pytest
-from redis_harness import CLIENT_CHILD, RedisServer, child, run_child
+from redis_harness import CLIENT_CHILD, Child, RedisServer, child, run_child
 
 from shortwan import (
     AsyncShortWan,
     ConfigurationError,
     ImageToVideo,
+    Job,
     JobStatus,
     Outcome,
     PollPolicy,
@@ -182,30 +184,12 @@ class TestJobView:
         self, redis_server: RedisServer, namespace: str
     ) -> None:
         """When the process polling a job is killed, a process waiting on it takes over."""
-        url = redis_server.url
-        async with FakeShortAPI(run_time=3.0) as fake:
-            options = options_for(
-                fake, prompts=[f"orphan {i}" for i in range(3)], heartbeat=1.0, linger=True
-            )
-            async with child("create", url, namespace, options, script=CLIENT_CHILD) as a:
-                ids = [(await a.line())["created"] for _ in range(3)]
-                await anyio.sleep(0.2)
-                async with (
-                    await connect(url, namespace=namespace, heartbeat=1.0) as shared,
-                    client(fake, shared) as b,
-                ):
-                    jobs = [b.attach(job_id) for job_id in ids]
-
-                    def watched_elsewhere() -> bool:
-                        stats = b.statistics().shared
-                        return stats is not None and stats.polled_elsewhere == 3
-
-                    await eventually(watched_elsewhere)
-                    a.kill()
-                    # Without a take-over, the safety net (30 s) would come long after this.
-                    videos = [await job.result(timeout=15) for job in jobs]
-                    stats = b.statistics()
-        assert [video.job_id for video in videos] == ids
+        async with left_to_another(redis_server.url, namespace, "orphan") as (a, _, b, jobs):
+            a.kill()
+            # Without a take-over, the safety net (30 s) would come long after this.
+            videos = [await job.result(timeout=15) for job in jobs]
+            stats = b.statistics()
+        assert [video.job_id for video in videos] == [job.id for job in jobs]
         assert stats.polling.queries_sent >= 3
         assert stats.shared is not None
         assert stats.shared.polled_elsewhere == 0
@@ -215,24 +199,42 @@ class TestJobView:
     ) -> None:
         """When its shared state is closed, a client polls the jobs it had left to another
         worker itself, and still delivers them."""
-        url = redis_server.url
-        async with FakeShortAPI(run_time=1.5) as fake:
-            options = options_for(fake, prompts=[f"alone {i}" for i in range(3)], linger=True)
-            async with child("create", url, namespace, options, script=CLIENT_CHILD) as a:
-                ids = [(await a.line())["created"] for _ in range(3)]
-                await anyio.sleep(0.2)
-                shared = await connect(url, namespace=namespace)
-                async with client(fake, shared) as b:
-                    jobs = [b.attach(job_id) for job_id in ids]
-                    await eventually(lambda: shared.jobs.watched == 3)
-                    await shared.aclose()
-                    # The safety net (30 s) would come long after this.
-                    videos = [await job.result(timeout=10) for job in jobs]
-                    stats = b.statistics()
-        assert [video.job_id for video in videos] == ids
+        async with left_to_another(redis_server.url, namespace, "alone") as (_, shared, b, jobs):
+            await shared.aclose()
+            # The safety net (30 s) would come long after this.
+            videos = [await job.result(timeout=10) for job in jobs]
+            stats = b.statistics()
+        assert [video.job_id for video in videos] == [job.id for job in jobs]
         assert stats.polling.queries_sent >= 3
         assert stats.shared is not None
         assert stats.shared.polled_elsewhere == 0
+
+
+@contextlib.asynccontextmanager
+async def left_to_another(
+    url: str, namespace: str, tag: str
+) -> AsyncIterator[tuple[Child, SharedState, AsyncShortWan, list[Job]]]:
+    """Process A creates and polls 3 jobs of 1.5 s (its heartbeat 1 s); here, client B attaches
+    them and leaves their polling to A. Yield A, B's state, B and B's jobs."""
+    async with FakeShortAPI(run_time=1.5) as fake:
+        options = options_for(
+            fake, prompts=[f"{tag} {i}" for i in range(3)], heartbeat=1.0, linger=True
+        )
+        async with child("create", url, namespace, options, script=CLIENT_CHILD) as a:
+            ids = [(await a.line())["created"] for _ in range(3)]
+            await anyio.sleep(0.2)  # A has claimed its jobs
+            async with (
+                await connect(url, namespace=namespace, heartbeat=1.0) as shared,
+                client(fake, shared) as b,
+            ):
+                jobs = [b.attach(job_id) for job_id in ids]
+
+                def left() -> bool:
+                    stats = b.statistics().shared
+                    return stats is not None and stats.polled_elsewhere == 3
+
+                await eventually(left)
+                yield a, shared, b, jobs
 
 
 async def test_four_processes_under_one_cap_never_cross_it(
