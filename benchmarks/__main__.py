@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine, shared_rate, throttle
+from benchmarks import callbacks, cli, download, engine, shared, shared_rate, throttle
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +40,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "callbacks": callbacks.bench,
     "download": download.bench,
     "cli": cli.bench,
+    "shared": shared.bench_overhead,
 }
 
 

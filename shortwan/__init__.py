@@ -51,6 +51,8 @@ from ._models import (
 from ._poller import PollerStatistics
 from ._rate import QueryBudget, RateLimiter, RateStatistics
 from ._retry import RetryEvent
+from ._shared import SharedStore
+from ._sharing import SharingStatistics
 from ._spec import DEFAULT_JOB_TIMEOUT, MODEL_ID, PRICE_PER_SECOND
 from ._spend import SpendBudget, SpendCounter
 from ._stats import CallbackStatistics, ClientStatistics
@@ -108,6 +110,8 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SharedStateError",
+    "SharedStore",
+    "SharingStatistics",
     "ShortWanError",
     "SpendBudget",
     "SpendCounter",

@@ -1,12 +1,17 @@
 """Share the spend cap, the query rate, job ends and callback tokens between processes via Redis.
 
-Install the extra (``pip install 'shortwan[redis]'``) and connect once per process::
+Install the extra (``pip install 'shortwan[redis]'``), connect once per process and give the
+state to the client::
 
     import shortwan.redis
 
     async with await shortwan.redis.connect("redis://localhost:6379", namespace="myapp") as shared:
-        cap = await shared.spend_counter("100", window="day")  # one cap for every process
-        end = await shared.jobs.wait(job_id, timeout=600)  # what another process saw
+        async with AsyncShortWan(shared=shared) as client:
+            outcomes = await client.gather(requests, max_spend="100")  # one cap for every process
+            video = await client.attach(job_id).result()  # no query if another process saw it
+
+The pieces can be used on their own too: ``await shared.spend_counter("100", window="day")`` is a
+cap for every process, ``await shared.jobs.wait(job_id)`` an end another process saw.
 
 Nothing of the API key is written to Redis. See the README's section "Several processes: sharing
 through Redis" for what each piece does when Redis fails.

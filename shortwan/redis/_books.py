@@ -60,6 +60,11 @@ local function figures(book)
   return {tonumber(redis.call('HGET', book, 'spent') or '0'),
     tonumber(redis.call('HGET', book, 'reserved') or '0'), tonumber(limit)}
 end
+-- A script's answer, one line of text (an array costs the client more to read): whether it
+-- did what was asked, the window, then spent, reserved and the limit in micro-dollars.
+local function answer(ok, win, f)
+  return ok .. ' ' .. win .. ' ' .. int(f[1]) .. ' ' .. int(f[2]) .. ' ' .. int(f[3])
+end
 local function current()
   local kind = redis.call('HGET', prefix .. ':conf', 'window') or ARGV[3]
   return window_at(kind, math.floor(now_ms() / 1000))
@@ -102,12 +107,12 @@ local book, leases = books(win)
 sweep(book, leases, now)
 local f = figures(book)
 local amount = tonumber(ARGV[4])
-if f[1] + f[2] + amount > f[3] then return {0, win, f[1], f[2], f[3]} end
+if f[1] + f[2] + amount > f[3] then return answer(0, win, f) end
 redis.call('HINCRBY', book, 'reserved', ARGV[4])
 redis.call('HSET', book, 'l:' .. ARGV[5], ARGV[4])
 redis.call('ZADD', leases, now + tonumber(ARGV[6]), ARGV[5])
 keep(book, leases, win)
-return {1, win, f[1], f[2] + amount, f[3]}
+return answer(1, win, {f[1], f[2] + amount, f[3]})
 """,
     calendar=True,
 )
@@ -118,7 +123,7 @@ SETTLE = Script(
     _BOOKS
     + """
 local win, book, leases, new = operation(ARGV[2], ARGV[4])
-if not new then return {0, win, unpack(figures(book))} end
+if not new then return answer(0, win, figures(book)) end
 local held = drop(book, leases, ARGV[4])
 local charge = ARGV[6]
 if charge == '' then charge = held or ARGV[5] end
@@ -127,7 +132,7 @@ if charge ~= 'release' and tonumber(charge) > 0 then
 end
 keep(book, leases, win)
 sweep(book, leases, now_ms())
-return {1, win, unpack(figures(book))}
+return answer(1, win, figures(book))
 """,
     calendar=True,
 )
@@ -137,12 +142,12 @@ REFUND = Script(
     _BOOKS
     + """
 local win, book, leases, new = operation(ARGV[2], ARGV[4])
-if not new then return {0, win, unpack(figures(book))} end
+if not new then return answer(0, win, figures(book)) end
 if redis.call('HINCRBY', book, 'spent', '-' .. ARGV[5]) < 0 then
   redis.call('HSET', book, 'spent', '0')
 end
 keep(book, leases, win)
-return {1, win, unpack(figures(book))}
+return answer(1, win, figures(book))
 """,
     calendar=True,
 )
@@ -181,7 +186,7 @@ READ = Script(
 local win = current()
 local book, leases = books(win)
 sweep(book, leases, now_ms())
-return {1, win, unpack(figures(book))}
+return answer(1, win, figures(book))
 """,
     calendar=True,
 )

@@ -160,8 +160,11 @@ class SharedQueryBudget:
     # --- QueryBudget ---------------------------------------------------------------------------
 
     async def acquire(self) -> None:
-        if not self._link.online:
-            await self._acquire_alone("Redis is unreachable")
+        link = self._link
+        if link.closed or not link.online:
+            await self._acquire_alone(
+                "the shared state is closed" if link.closed else "Redis is unreachable"
+            )
             return
         try:
             if self.controller.edits != self._written:
@@ -169,6 +172,12 @@ class SharedQueryBudget:
             wait = await self._take()
         except SharedStateError as exc:
             await self._acquire_alone(str(exc))
+            return
+        except RuntimeError:
+            if not self._link.closed:  # read again: it may have closed during the call
+                raise
+            # Closed while this call was on its way: the client goes on alone.
+            await self._acquire_alone("the shared state is closed")
             return
         if self._alone:
             self._alone = False

@@ -24,12 +24,13 @@ from redis.typing import EncodableT
 
 from .._aio import wait_through_cancellation
 from .._errors import ConfigurationError, SharedStateError
-from ._lua import Script
+from ._lua import Call, Script, run_pipelined
 
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "UNREACHABLE",
+    "Grouped",
     "Keys",
     "Link",
     "check_schema",
@@ -167,6 +168,11 @@ class Link:
         """Whether the server answered the last call (or heartbeat) made to it."""
         return self._online
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (every call is then refused)."""
+        return self._closed
+
     # --- calls ---------------------------------------------------------------------------------
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
@@ -194,6 +200,23 @@ class Link:
         except RedisError as exc:
             raise SharedStateError(f"Redis at {self.address} refused a call: {exc}") from exc
         return result
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Run several script calls in one round trip (see :func:`run_pipelined`).
+
+        A call the server refused is answered by a :class:`~shortwan.SharedStateError` in its
+        place; the others stand.
+
+        Raises:
+            SharedStateError: the server could not be reached (some calls may have run).
+        """
+        replies = await self.call(lambda: run_pipelined(self.redis, calls))
+        return [
+            SharedStateError(f"Redis at {self.address} refused a call: {reply}")
+            if isinstance(reply, RedisError)
+            else reply
+            for reply in replies
+        ]
 
     def on_recovery(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook()`` every time the server is reachable again after a failure."""
@@ -299,6 +322,92 @@ class Link:
             await self.redis.aclose()
         if cancelled is not None:
             raise cancelled
+
+
+class Grouped:
+    """Script calls made by many tasks at once, sent together, in the order they were made.
+
+    The first call starts a round trip; the calls made while it is on its way go together in the
+    next one, so a burst of calls costs a few round trips, not one each. The server runs them in
+    order. When the server cannot be reached, every call waiting at that moment fails too: none
+    runs after one that was lost.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._waiting: list[tuple[Call, asyncio.Future[Any]]] = []
+        # One task sends every round, started by the first call and woken by the next ones: a
+        # wake-up costs less than a task.
+        self._wake: asyncio.Event | None = None
+
+    async def call(self, script: Script, args: Sequence[EncodableT]) -> Any:
+        """Run ``script`` with ``args`` (no keys) along with the others; return its reply.
+
+        Raises:
+            SharedStateError: the server could not be reached, or refused this call.
+        """
+        [reply] = await self.call_all([(script, (), args)])
+        if isinstance(reply, SharedStateError):
+            raise reply
+        return reply
+
+    async def call_all(self, calls: Sequence[Call]) -> list[Any]:
+        """Run ``calls`` in order, in the same round trip; return each reply.
+
+        A call the server refused is answered by a :class:`~shortwan.SharedStateError` in its
+        place (and the calls after it still run).
+
+        Raises:
+            SharedStateError: the server could not be reached (some calls may have run).
+        """
+        loop = asyncio.get_running_loop()
+        if self._wake is None:
+            self._link.spawn(self._send)  # refused by a closed state, before anything is queued
+            self._wake = asyncio.Event()
+        futures = [loop.create_future() for _ in calls]
+        self._waiting += zip(calls, futures, strict=True)
+        self._wake.set()
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:  # a caller that leaves takes none of its replies
+                if not future.cancel() and not future.cancelled():
+                    future.exception()  # seen, so it is not reported as never retrieved
+            raise
+
+    async def _send(self) -> None:
+        batch: list[tuple[Call, asyncio.Future[Any]]] = []
+        try:
+            while True:
+                assert self._wake is not None  # noqa: S101 - set by the call that started this
+                await self._wake.wait()
+                self._wake.clear()
+                while self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    await self._round(batch)
+                    batch = []
+        finally:
+            self._wake = None
+            for _call, future in [*batch, *self._waiting]:
+                if not future.done():
+                    future.set_exception(SharedStateError("the shared state is closing"))
+            self._waiting = []
+
+    async def _round(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._link.run_many([call for call, _ in batch])
+        except (SharedStateError, RuntimeError) as exc:  # unreachable, or closed
+            batch += self._waiting
+            self._waiting = []
+            for _call, future in batch:
+                if not future.done():
+                    # One error object each: raised in many tasks, a shared one would collect
+                    # all their tracebacks.
+                    future.set_exception(SharedStateError(str(exc)))
+            return
+        for (_call, future), reply in zip(batch, replies, strict=True):
+            if not future.done():  # else its caller was cancelled
+                future.set_result(reply)
 
 
 async def check_schema(

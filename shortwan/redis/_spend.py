@@ -25,7 +25,7 @@ from redis.typing import EncodableT
 
 from .._errors import ConfigurationError, SharedStateError
 from ._books import OPEN, READ, REFUND, RENEW, RESERVE, SETTLE
-from ._core import Link, text
+from ._core import Grouped, Link, text
 from ._lua import Script
 
 __all__ = ["SharedSpendCounter", "SpendFigures"]
@@ -124,14 +124,19 @@ class SharedSpendCounter:
         self._kind = "none" if window is None else window
         self.window: Window | None = window
         self.lease = lease
-        self._figures = SpendFigures(
-            window="all", spent=Decimal(0), reserved=Decimal(0), limit=_usd(limit)
-        )
+        # The books as last seen (window, spent, reserved, limit in micro-dollars); they are
+        # made into Decimals only when read, not at every answer.
+        self._books = ("all", 0, 0, limit)
+        self._shown: SpendFigures | None = None
         self._limit_micro = limit
         # The reservations this process holds, by amount, oldest first.
         self._held: dict[int, deque[_Lease]] = {}
         self._pending: deque[_Pending] = deque()
-        self._flushing = anyio.Lock()
+        # Taken without a trip through the event loop when it is free (the usual case).
+        self._flushing = anyio.Lock(fast_acquire=True)
+        # Reservations, settles, releases and refunds asked for at once by many creates go to
+        # the server together, in order.
+        self._calls = Grouped(link)
         # In which window each settled charge landed, so that its refund leaves the same one.
         self._charged_in: dict[Decimal, deque[str]] = {}
         self._charges = 0
@@ -193,6 +198,16 @@ class SharedSpendCounter:
     # --- figures -------------------------------------------------------------------------------
 
     @property
+    def _figures(self) -> SpendFigures:
+        shown = self._shown
+        if shown is None:
+            window, spent, reserved, limit = self._books
+            shown = self._shown = SpendFigures(
+                window=window, spent=_usd(spent), reserved=_usd(reserved), limit=_usd(limit)
+            )
+        return shown
+
+    @property
     def limit(self) -> Decimal:
         """The cap, in USD."""
         return self._figures.limit
@@ -228,16 +243,15 @@ class SharedSpendCounter:
         return sum(len(leases) for leases in self._held.values())
 
     def _seen(self, reply: Any) -> str:
-        window = text(reply[1])
-        spent, reserved, limit = (int(x) for x in reply[2:5])
+        _done, window, *numbers = text(reply).split()
+        spent, reserved, limit = (int(x) for x in numbers)
         if limit >= 0:
             self._limit_micro = limit
-        figures = SpendFigures(
-            window=window, spent=_usd(spent), reserved=_usd(reserved), limit=_usd(limit)
-        )
         # Settling a reservation of a window that has turned since reports the old books.
-        if window >= self._figures.window or self._figures.window == "all":
-            self._figures = figures
+        seen = self._books[0]
+        if window >= seen or seen == "all":
+            self._books = (window, spent, reserved, limit)
+            self._shown = None
         return window
 
     async def read(self) -> SpendFigures:
@@ -262,27 +276,17 @@ class SharedSpendCounter:
                 to apply: nothing is granted that nobody can check (fail closed).
         """
         micro = to_micro(amount, up=True)
-        await self._flush()
-        if self._pending:
-            raise SharedStateError(
-                f"{len(self._pending)} settles of this process have not reached Redis yet; "
-                "no reservation until they have"
-            )
+        if self._pending and not self._flushing.locked():
+            # Settles kept from an outage go first; this raises while Redis is still away. (Those
+            # of a flush under way are already queued ahead of this reservation.)
+            await self._flush()
         lease = _Lease(id=secrets.token_hex(12), window="", micro=micro)
-        reply = await self._link.run(
+        reply = await self._calls.call(
             RESERVE,
-            (),
-            (
-                self._prefix,
-                self._limit_micro,
-                self._kind,
-                micro,
-                lease.id,
-                int(self.lease * 1000),
-            ),
+            (self._prefix, self._limit_micro, self._kind, micro, lease.id, int(self.lease * 1000)),
         )
         lease.window = self._seen(reply)
-        if not int(reply[0]):
+        if not text(reply).startswith("1 "):
             return False
         self._held.setdefault(micro, deque()).append(lease)
         self._renew_soon()
@@ -354,18 +358,24 @@ class SharedSpendCounter:
         return op.window
 
     async def _flush(self) -> None:
-        # In order and one at a time: each is applied once (the server remembers its id), so a
-        # reply lost on the way back only means the operation is sent again and ignored.
+        # In order, all those waiting in one round trip: each is applied once (the server
+        # remembers its id), so a reply lost on the way back only means the operation is sent
+        # again and ignored.
         async with self._flushing:
             while self._pending:
-                op = self._pending[0]
-                reply = await self._link.run(
-                    op.script,
-                    (),
-                    (self._prefix, op.window, self._kind, op.op, op.micro, op.charged),
+                ops = list(self._pending)
+                prefix, kind = self._prefix, self._kind
+                replies = await self._calls.call_all(
+                    [
+                        (op.script, (), (prefix, op.window, kind, op.op, op.micro, op.charged))
+                        for op in ops
+                    ]
                 )
-                op.window = self._seen(reply)
-                self._pending.popleft()
+                for op, reply in zip(ops, replies, strict=True):
+                    if isinstance(reply, SharedStateError):
+                        raise reply  # the ones before it are applied; it and the rest are kept
+                    op.window = self._seen(reply)
+                    self._pending.popleft()
 
     async def _flush_quietly(self) -> None:
         if self._pending:

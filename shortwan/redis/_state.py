@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from .._errors import ConfigurationError
+from .._shared import SharedStore
 from ._bucket import RateBucket, WindowCounters
 from ._budget import SharedQueryBudget
 from ._core import UNREACHABLE, Keys, Link, check_schema, describe
@@ -241,4 +242,9 @@ async def connect(
             else:
                 await redis.aclose()
         raise
+    return state
+
+
+def _as_store(state: SharedState) -> SharedStore:
+    """Return ``state`` as what ``AsyncShortWan(shared=...)`` takes: the type checker proves it."""
     return state

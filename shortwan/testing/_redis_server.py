@@ -40,15 +40,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1, with persistence off.
+    """One redis-server process on 127.0.0.1, with persistence off unless ``persist``.
 
     ``stop()`` and ``start()`` keep the port, so clients connected to it see the server go away
-    and come back (empty, since nothing is persisted), as after a crash.
+    and come back, as after a crash: empty without persistence, as it was with it (every write
+    is in its append-only file before it is answered).
     """
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, persist: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.persist = persist
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -71,7 +73,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--loglevel",

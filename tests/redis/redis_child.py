@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -76,6 +77,12 @@ async def wait(shared: SharedState, options: dict[str, Any]) -> None:
     say(job_id=end.job_id, state=end.state, url=end.url, seen_by=end.seen_by, amount=end.amount)
 
 
+async def ends(shared: SharedState, options: dict[str, Any]) -> None:
+    """Say which of the given jobs have a published end, and how each ended."""
+    found = await shared.jobs.get_many(options["job_ids"])
+    say(ends={job_id: end.state for job_id, end in found.items()})
+
+
 async def bucket(shared: SharedState, options: dict[str, Any]) -> None:
     """Send as fast as the shared bucket lets, and report when each send was allowed."""
     rate_bucket = shared.rate_bucket("rate-test", rate=options["rate"])
@@ -117,19 +124,23 @@ ROLES = {
     "hold": hold,
     "publish": publish,
     "wait": wait,
+    "ends": ends,
     "bucket": bucket,
     "owner": owner,
 }
 
 
-async def main() -> None:
-    """Connect, play the role, close."""
+Role = Callable[[SharedState, dict[str, Any]], Awaitable[None]]
+
+
+async def main(roles: Mapping[str, Role] = ROLES) -> None:
+    """Connect, play the role named on the command line, close."""
     role, url, namespace, raw = sys.argv[1:5]
     options = json.loads(raw)
     async with await connect(
         url, namespace=namespace, heartbeat=options.get("heartbeat", 2.0)
     ) as s:
-        await ROLES[role](s, options)
+        await roles[role](s, options)
 
 
 if __name__ == "__main__":

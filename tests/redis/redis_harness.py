@@ -22,19 +22,29 @@ from shortwan.testing._redis_server import (  # noqa: F401 - the tests import th
 )
 
 CHILD = Path(__file__).with_name("redis_child.py")
+CLIENT_CHILD = Path(__file__).with_name("client_child.py")
 
 
-def child_command(role: str, url: str, namespace: str, options: dict[str, Any]) -> list[str]:
-    """Return the command line of one worker process of the tests."""
-    return [sys.executable, str(CHILD), role, url, namespace, json.dumps(options)]
+def child_command(
+    role: str, url: str, namespace: str, options: dict[str, Any], *, script: Path = CHILD
+) -> list[str]:
+    """Return the command line of one worker process of the tests (``script`` plays it)."""
+    return [sys.executable, str(script), role, url, namespace, json.dumps(options)]
 
 
 async def run_child(
-    role: str, url: str, namespace: str, options: dict[str, Any], *, timeout: float = 60
+    role: str,
+    url: str,
+    namespace: str,
+    options: dict[str, Any],
+    *,
+    timeout: float = 60,
+    script: Path = CHILD,
 ) -> list[dict[str, Any]]:
     """Run one worker process to its end; return the JSON lines it printed."""
+    command = child_command(role, url, namespace, options, script=script)
     with anyio.fail_after(timeout):
-        result = await anyio.run_process(child_command(role, url, namespace, options), check=False)
+        result = await anyio.run_process(command, check=False)
     if result.returncode != 0:
         raise AssertionError(
             f"{role} child exited with {result.returncode}:\n{result.stderr.decode()[-3000:]}"
@@ -63,10 +73,10 @@ class Child:
 
 @contextlib.asynccontextmanager
 async def child(
-    role: str, url: str, namespace: str, options: dict[str, Any]
+    role: str, url: str, namespace: str, options: dict[str, Any], *, script: Path = CHILD
 ) -> AsyncIterator[Child]:
     """Start a worker process; kill it on the way out if it is still running."""
-    process = await anyio.open_process(child_command(role, url, namespace, options))
+    process = await anyio.open_process(child_command(role, url, namespace, options, script=script))
     async with process:
         try:
             yield Child(process)

@@ -14,6 +14,7 @@ from shortwan import (
     ImageToVideo,
     InvalidRequestError,
     JobFailedError,
+    JobStatus,
     JobTimeoutError,
 )
 from shortwan.redis import JobEnd, SharedState, connect
@@ -52,6 +53,29 @@ class TestPublishAndGet:
         assert end is not None
         assert end.state == "succeeded"
 
+    async def test_many_ends_in_one_call(self, shared: SharedState) -> None:
+        """publish_many stores and announces a burst of ends, keeps the first of each job, and
+        get_many reads back those that exist."""
+        ends = [JobEnd(job_id=f"many{i}", state="failed", error=f"e{i}") for i in range(3)]
+        await shared.jobs.claim(["many0"], ttl=30)
+        got: list[str] = []
+        shared.jobs.subscribe("many2", lambda end: got.append(end.job_id))
+        await anyio.sleep(0.1)
+        assert await shared.jobs.publish_many(ends[:2]) == [True, True]
+        assert await shared.jobs.publish_many(ends) == [False, False, True]
+        assert await shared.jobs.publish_many([]) == []
+        found = await shared.jobs.get_many(["many0", "many2", "nothing"])
+        assert {job_id: end.error for job_id, end in found.items()} == {
+            "many0": "e0",
+            "many2": "e2",
+        }
+        assert found["many0"].seen_by == shared.worker_id
+        assert not await shared.redis.exists(f"{shared.namespace}:polling:many0")
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+        assert got == ["many2"]
+
     async def test_end_gives_back_video_or_error(self) -> None:
         """An end turns into the SDK's Video, or into the JobFailedError a waiter would see."""
         video = DONE.video()
@@ -63,6 +87,26 @@ class TestPublishAndGet:
         assert isinstance(error, JobFailedError)
         assert (error.job_id, error.reason, error.refunded, error.status) == ("x", "nsfw", True, 3)
         assert failed.video() is None
+
+    async def test_end_as_a_query_answer_and_back(self) -> None:
+        """An end reads as the snapshot a query would give, and a terminal snapshot as an end."""
+        snapshot = DONE.snapshot()
+        assert (snapshot.status, snapshot.urls, snapshot.credit) == (
+            JobStatus.SUCCEEDED,
+            DONE.urls,
+            DONE.amount,
+        )
+        assert snapshot.video == DONE.video()
+        assert JobEnd.from_snapshot(snapshot) == DONE
+        failed = JobEnd(job_id="x", state="failed", error="nsfw", refunded=True).snapshot()
+        assert (failed.status, failed.raw_status, failed.error, failed.refunded) == (
+            JobStatus.FAILED,
+            3,
+            "nsfw",
+            True,
+        )
+        with pytest.raises(ValueError, match="not ended"):
+            JobEnd.from_snapshot(attrs.evolve(snapshot, raw_status=1, status=JobStatus.RUNNING))
 
     async def test_bad_ids_and_ttls_are_refused(self, shared: SharedState) -> None:
         """A job id that cannot be one, or a TTL that is not positive, is refused."""
