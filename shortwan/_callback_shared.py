@@ -234,12 +234,14 @@ class Workers:
                     route = await self._shared.route(token, body, take_over=target is not None)
             except (SharedStateError, TimeoutError) as exc:
                 logger.warning("a callback could not be routed through the registry: %s", exc)
-        if route is None or route.outcome == "orphaned":
-            self.unavailable += 1
-            return 503, UNAVAILABLE
-        if route.outcome == "unknown":
+        if route is not None and route.outcome == "unknown":
             receiver.count_rejected()
             return 404, NOT_FOUND
+        if route is None or (route.outcome != "forwarded" and target is None):
+            # Unreachable, or a token nobody here can confirm (no client is attached): the
+            # service may try again later, and the owner's safety net is there meanwhile.
+            self.unavailable += 1
+            return 503, UNAVAILABLE
         receiver.count_received()
         if route.outcome == "forwarded":
             self.forwarded += 1

@@ -317,3 +317,28 @@ class TestRedisDown:
             with anyio.fail_after(5):
                 while not a.receiver.statistics().from_other_workers:
                     await anyio.sleep(0.02)
+
+    async def test_worker_alive_but_its_client_closed(
+        self, redis_server: RedisServer, namespace: str
+    ) -> None:
+        """A's first client creates a job and closes while A's process lives on: the callback
+        reaches A through B, and A's other client confirms and publishes the job."""
+        async with (
+            FakeShortAPI(run_time=1.0) as fake,
+            AsyncExitStack() as stack,
+            worker(stack, fake, redis_server.url, namespace) as b,
+            worker(stack, fake, redis_server.url, namespace, lands_on=b) as a,
+        ):
+            async with AsyncShortWan(
+                fake.api_key, base_url=fake.url, poll=POLL, callbacks=a.receiver
+            ) as first:
+                job = await first.submit(reqs(1, "closed")[0])
+                await settle(a.shared)
+            end = await b.shared.jobs.wait(job.id, timeout=10)
+            record = a.client.jobs.get(job.id)
+            figures = a.receiver.statistics()
+        assert end.succeeded
+        assert end.seen_by == a.shared.worker_id
+        assert record is not None
+        assert record.is_terminal
+        assert (figures.from_other_workers, figures.taken_over) == (1, 1)
