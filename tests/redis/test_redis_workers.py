@@ -126,23 +126,32 @@ async def test_lost_create_adopted_through_another_worker(
         assert statuses == [502] * 6  # each submit: SubmissionUncertainError
         job_ids = list(fake.jobs)
         assert len(job_ids) == 6
+        log = tmp_path / "gunicorn.log"
+
+        def adopted() -> list[str]:
+            # Each adoption is logged by the worker that sent the create, wherever its
+            # callback landed.
+            return sorted(
+                line.split("adopted job ", 1)[1].split(":", 1)[0]
+                for line in log.read_text().splitlines()
+                if "adopted job " in line
+            )
+
+        # Nobody asks about the jobs before their callbacks: a worker that had attached one by
+        # id would rightly refuse to adopt it.
+        with anyio.fail_after(20):
+            while adopted() != sorted(job_ids):
+                await anyio.sleep(0.1)
         results = []
         async with fresh_session() as session:
             for job_id in job_ids:
                 results.append(await get_json(session, "GET", f"{base}/videos/{job_id}?wait=20"))
         stats = fake.stats
         figures = await worker_stats(base, 4)
-        log = (tmp_path / "gunicorn.log").read_text()
     assert all(body["status"] == "succeeded" for _status, body in results)
     assert stats.callbacks_sent == 6
     assert stats.callbacks_failed == 0
     assert sum(f["forwarded"] for f in figures.values()) > 0  # some landed elsewhere
-    # Each one was adopted by the worker that sent its create, wherever its callback landed.
-    assert sorted(job_ids) == sorted(
-        line.split("adopted job ", 1)[1].split(":", 1)[0]
-        for line in log.splitlines()
-        if "adopted job " in line
-    )
 
 
 async def test_forged_and_duplicate_callbacks_never_accepted(
