@@ -46,6 +46,7 @@ from ._options import DEFAULT_CONCURRENCY, BatchOptions
 from ._outputs import Outputs
 from ._rate import QueryBudget
 from ._retry import RetryHook
+from ._shared import SharedStore
 from ._spec import DEFAULT_JOB_TIMEOUT
 from ._spend import SpendLimit, open_budget
 from ._stats import ClientStatistics
@@ -123,9 +124,15 @@ class AsyncShortWan(ClosedOnExit):
         callbacks: a :class:`~shortwan.callbacks.CallbackReceiver`: every create then carries
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
+        shared: a :class:`shortwan.redis.SharedState` (from ``await shortwan.redis.connect(...)``)
+            to share with every process of its namespace: every job end seen here is
+            published, an attached job (and :meth:`get_job`) is answered from an end another
+            process saw without a query, and a job another live worker polls is not polled here
+            too. It is borrowed: closing the client never closes it.
 
     Raises:
-        ConfigurationError: no API key, or a base URL that is not http(s).
+        ConfigurationError: no API key, a base URL that is not http(s), or a ``shared`` state
+            that is closed or cannot reach its server.
     """
 
     def __init__(
@@ -144,7 +151,11 @@ class AsyncShortWan(ClosedOnExit):
         max_in_flight: int | None = None,
         on_retry: RetryHook | None = None,
         callbacks: CallbackReceiver | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
+        if shared is not None and (shared.closed or not shared.online):
+            state = "closed" if shared.closed else "cannot reach its server"
+            raise ConfigurationError(f"the shared state {shared!r} {state}; nothing was sent")
         limit: object = max_in_flight
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ConfigurationError(f"max_in_flight must be an int >= 1 or None, got {limit!r}")
@@ -169,6 +180,7 @@ class AsyncShortWan(ClosedOnExit):
             query_budget=query_budget,
             callbacks=callbacks,
             max_in_flight=max_in_flight,
+            shared=shared,
         )
         self._downloader = Downloader(
             session=self._transport.session,
@@ -198,12 +210,14 @@ class AsyncShortWan(ClosedOnExit):
         The snapshot is frozen: it does not change as the client goes on, and changing it
         changes nothing in the client.
         """
-        receiver = self._engine.callbacks
+        engine = self._engine
+        receiver, sharing = engine.callbacks, engine.sharing
         return ClientStatistics(
-            jobs=self._engine.table.statistics(),
-            polling=self._engine.poller.statistics(),
-            rate=self._engine.query_budget.statistics(),
+            jobs=engine.table.statistics(),
+            polling=engine.poller.statistics(),
+            rate=engine.query_budget.statistics(),
             callbacks=None if receiver is None else receiver.statistics(),
+            shared=None if sharing is None else sharing.statistics(),
         )
 
     @property
@@ -259,6 +273,10 @@ class AsyncShortWan(ClosedOnExit):
         """Query a job once and return what the service said.
 
         Queries change nothing on the service, so they are retried on every transient failure.
+        With ``shared``, a job whose end some process published is answered from that end, with
+        no query: its snapshot then has status, URLs, error, refund and credit, and ``None`` for
+        the fields the service echoes (model, arguments, timestamps). An end a query reports is
+        published.
 
         Raises:
             InvalidRequestError: ``job_id`` is not a plausible job id (nothing was sent).
@@ -270,13 +288,16 @@ class AsyncShortWan(ClosedOnExit):
         if problem is not None:
             raise InvalidRequestError([problem])
         self._check_open()
-        return await self._engine.query(job_id)
+        return await self._engine.look_up(job_id)
 
     def attach(self, job_id: str) -> Job:
         """Track a job created elsewhere (another process, an earlier run) by its id.
 
         The job is asked about at once and then polled like any other; await
-        :meth:`Job.result` for its video.
+        :meth:`Job.result` for its video. With ``shared``, an end another process published
+        resolves it with no query, and a job another live worker polls is not polled here
+        (except as a slow safety net, ``PollPolicy.callback_interval``): its end arrives when
+        that worker publishes it.
 
         Raises:
             InvalidRequestError: ``job_id`` is not a plausible job id.
@@ -353,7 +374,7 @@ class AsyncShortWan(ClosedOnExit):
             resubmit_uncertain=resubmit_uncertain,
             download_to=download_to,
         )
-        batch = await self._batch(requests, options)
+        batch = await _open_batch(self, self._engine, requests, options)
         try:
             await self._engine.spawn(batch.run)
             receive = batch.receive  # closed by batch.stop(), which names what is left in it
@@ -400,7 +421,7 @@ class AsyncShortWan(ClosedOnExit):
             download_to=download_to,
         )
         outcomes: list[Outcome] = []
-        batch = await self._batch(requests, options, sink=outcomes.append)
+        batch = await _open_batch(self, self._engine, requests, options, sink=outcomes.append)
         try:
             await self._engine.spawn(batch.run)
             await batch.finished.wait()
@@ -410,37 +431,6 @@ class AsyncShortWan(ClosedOnExit):
             raise batch.error
         outcomes.sort(key=lambda o: o.index)
         return outcomes
-
-    async def _batch(
-        self,
-        requests: RequestSource,
-        options: BatchOptions,
-        *,
-        sink: Callable[[Outcome], None] | None = None,
-    ) -> Batch:
-        ledger = ledger_for(options.journal)
-        budget = await open_budget(options.max_spend, spent_before=ledger.spent)
-        folder = None
-        if options.download_to is not None:
-            folder = anyio.Path(options.download_to)
-            await folder.mkdir(parents=True, exist_ok=True)
-            folder = await folder.resolve()
-
-        async def fetch(video: Video, dest: Path) -> Path:
-            return await self.download(video, dest)
-
-        outputs = Outputs(
-            None if folder is None else Path(folder), fetch, claim_existing=ledger.remembers
-        )
-        return Batch(
-            self._engine,
-            requests,
-            options=options,
-            ledger=ledger,
-            budget=budget,
-            outputs=outputs,
-            sink=sink,
-        )
 
     async def download(
         self,
@@ -492,3 +482,31 @@ class AsyncShortWan(ClosedOnExit):
         return await self._downloader.fetch(
             url, path, job_id=job_id, overwrite=overwrite, refresh=refresh
         )
+
+
+async def _open_batch(
+    client: AsyncShortWan,
+    engine: Engine,
+    requests: RequestSource,
+    options: BatchOptions,
+    *,
+    sink: Callable[[Outcome], None] | None = None,
+) -> Batch:
+    """Make the batch of one ``generate_many`` or ``gather`` call: its ledger, cap and folder."""
+    ledger = ledger_for(options.journal)
+    budget = await open_budget(options.max_spend, spent_before=ledger.spent)
+    folder = None
+    if options.download_to is not None:
+        folder = anyio.Path(options.download_to)
+        await folder.mkdir(parents=True, exist_ok=True)
+        folder = await folder.resolve()
+
+    async def fetch(video: Video, dest: Path) -> Path:
+        return await client.download(video, dest)
+
+    outputs = Outputs(
+        None if folder is None else Path(folder), fetch, claim_existing=ledger.remembers
+    )
+    return Batch(
+        engine, requests, options=options, ledger=ledger, budget=budget, outputs=outputs, sink=sink
+    )

@@ -25,6 +25,8 @@ from ._http import Transport
 from ._models import ImageToVideo, Job, JobSnapshot, JobStatus, Video
 from ._poller import Poller
 from ._rate import QueryBudget, RateLimiter
+from ._shared import JobEnd, SharedStore
+from ._sharing import Sharing
 from ._table import JobRecord, JobState, JobTable, state_for
 
 if TYPE_CHECKING:
@@ -47,17 +49,31 @@ class Engine:
         query_budget: QueryBudget | None = None,
         callbacks: CallbackReceiver | None = None,
         max_in_flight: int | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.transport = transport
         self.callbacks = callbacks
         self.poll = poll
         self.table = JobTable(max_finished=max_finished)
+        if query_budget is None and shared is not None:
+            # A store that offers a shared query budget (one rate for every process) plugs in
+            # here; without one, each process keeps its own limiter.
+            make_budget = getattr(shared, "query_budget", None)
+            if make_budget is not None:
+                query_budget = make_budget(poll.max_queries_per_second)
         # Every query of the client, polls and get_job alike, retries included, is paced by this
         # one budget, which hears every answer (see _rate).
         self.query_budget: QueryBudget = query_budget or RateLimiter(poll.max_queries_per_second)
         transport.query_budget = self.query_budget
         # Built here, not on first use: it needs no running loop until run() starts it.
         self._poller = Poller(table=self.table, query=self.query, policy=poll)
+        self.sharing: Sharing | None = None
+        if shared is not None:
+            self.sharing = Sharing(
+                shared, table=self.table, poller=self._poller, apply_end=self.apply_end
+            )
+            self._poller.on_track = self.sharing.created
+            self._poller.on_end = self.sharing.ended
         self._creator = Creator(
             transport=transport,
             table=self.table,
@@ -101,6 +117,8 @@ class Engine:
             assert self._started is not None  # noqa: S101 - set with the runner
             self._started.set()
             tg.start_soon(self.poller.run, tg, name="shortwan-poller")
+            if self.sharing is not None:
+                tg.start_soon(self.sharing.run, name="shortwan-sharing")
             await anyio.sleep_forever()
 
     async def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -126,6 +144,10 @@ class Engine:
         cancelled = await self._creator.close()
         if self.callbacks is not None:
             self.callbacks.forget_engine(self)
+        if self.sharing is not None:
+            # Ends seen last go out before the task that publishes them stops.
+            await self.sharing.drain(timeout=2.0)
+            self.sharing.close()
         self._adoptions.clear()
         # Detached before the task group stops, so a batch still running reports these jobs
         # (JobDetachedError) to its consumer instead of ending without a word about them.
@@ -160,6 +182,27 @@ class Engine:
             )
             for record in pending:
                 self.table.detach(record)
+
+    async def look_up(self, job_id: str) -> JobSnapshot:
+        """Return an end another process published for ``job_id``, else the answer to a query.
+
+        A job's end never changes, so a published one answers as well as a query would (less
+        the fields an end does not keep). An end a query reports is published.
+        """
+        sharing = self.sharing
+        if sharing is None:
+            return await self.query(job_id)
+        end = await sharing.find(job_id)
+        if end is not None:
+            return end.snapshot()
+        snapshot = await self.query(job_id)
+        if snapshot.is_terminal:
+            sharing.saw(snapshot)
+        return snapshot
+
+    def apply_end(self, record: JobRecord, end: JobEnd) -> None:
+        """End ``record`` as another process saw it end (no query is made for it here)."""
+        self.poller.apply(record, end.snapshot(), answered=False)
 
     async def query(self, job_id: str) -> JobSnapshot:
         """Send one query and read the answer into a snapshot of ``job_id``."""
@@ -216,7 +259,10 @@ class Engine:
             self.table.resume(record, JobState.QUEUED)
         else:
             return record
-        self.poller.track(record)
+        if self.sharing is not None:
+            self.sharing.watch(record)  # another process may have seen its end, or poll it
+        else:
+            self.poller.track(record)
         return record
 
     def job(self, record: JobRecord) -> Job:

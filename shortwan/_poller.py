@@ -144,6 +144,10 @@ class Poller:
         # Created inside the loop by run(); schedule() before then only fills the heap.
         self._wake: asyncio.Event | None = None
         self._queries_sent = 0
+        # Told of every job it starts polling, and of every end the service reports (a shared
+        # store claims the one and publishes the other).
+        self.on_track: Callable[[JobRecord], None] | None = None
+        self.on_end: Callable[[JobRecord], None] | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -180,8 +184,15 @@ class Poller:
         if self._heap[0][2] is record and self._wake is not None:
             self._wake.set()
 
+    def defer(self, record: JobRecord, delay: float) -> None:
+        """Ask about ``record`` in ``delay`` seconds and not before, whatever was planned."""
+        record.due = math.inf  # the heap's earlier entry for it is skipped when it comes up
+        self.schedule(record, delay)
+
     def track(self, record: JobRecord) -> None:
         """Start polling a new job: first when it is expected to be done."""
+        if self.on_track is not None:
+            self.on_track(record)
         if record.callback:
             # The callback should come at the job's end; the safety net looks a while after.
             delay = self.model.expected(record.request) + self.policy.callback_interval
@@ -202,7 +213,7 @@ class Poller:
 
     def _next_gap(self, record: JobRecord, now: float) -> float:
         policy = self.policy
-        if record.callback:
+        if record.callback or record.elsewhere:
             return policy.callback_interval
         age = now - record.submitted_at
         return self._jittered(
@@ -319,8 +330,12 @@ class Poller:
             return 0.0
         return self._next_gap(record, now)
 
-    def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
-        """Record what the service said about ``record`` and plan the next query if needed."""
+    def apply(self, record: JobRecord, snapshot: JobSnapshot, *, answered: bool = True) -> None:
+        """Record what the service said about ``record`` and plan the next query if needed.
+
+        ``answered=False``: the snapshot is an end another process saw (no query was made
+        here), so it teaches nothing about running times and is not announced again.
+        """
         if record.is_terminal:
             return  # a late answer never moves a finished job backwards
         now = time.monotonic()
@@ -353,8 +368,14 @@ class Poller:
                 status=snapshot.raw_status,
             )
         if state.is_terminal:
-            self.model.observe(record, now)
+            if answered:
+                self.model.observe(record, now)
             self.table.transition(record, state)
+            if answered and self.on_end is not None:
+                try:
+                    self.on_end(record)
+                except Exception:  # sharing an end must never hurt the job or the poller
+                    logger.exception("job %s: its end could not be shared", record.id)
             return
         record.last_pending_query_at = now
         if record.state is not JobState.TIMED_OUT:

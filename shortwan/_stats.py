@@ -11,6 +11,7 @@ import attrs
 
 from ._poller import PollerStatistics
 from ._rate import RateStatistics
+from ._sharing import SharingStatistics
 from ._table import JobTableStatistics
 
 __all__ = ["CallbackStatistics", "ClientStatistics"]
@@ -50,9 +51,11 @@ class ClientStatistics:
         rate: the query budget: the rate in force, any pause, the recent share of 429s, the
             noise and the limit it has learned.
         callbacks: the callback receiver, when the client has one.
+        shared: what the client shared through its ``shared`` state, when it has one.
     """
 
     jobs: JobTableStatistics
     polling: PollerStatistics
     rate: RateStatistics
     callbacks: CallbackStatistics | None = None
+    shared: SharingStatistics | None = None

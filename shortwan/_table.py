@@ -86,6 +86,8 @@ class JobRecord:
     amount: Decimal | None
     state: JobState
     callback: bool = False
+    # Another live worker polls it (a shared store said so): polled here only as a safety net.
+    elsewhere: bool = False
     # What of its charge the table's spend counts: set only for this client's own creates (the
     # estimate until the charge is known), never for attached jobs.
     counted: Decimal | None = None

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from .._config import DEFAULT_POLL, FAST_POLL
 from .._errors import InvalidRequestError
 from .._models import ImageToVideo, JobSnapshot
 from .._options import DEFAULT_CONCURRENCY, BatchOptions
+from .._shared import SharedStore
 from .._spec import (
     DEFAULT_DURATION,
     DEFAULT_RESOLUTION,
@@ -187,6 +190,21 @@ def generate(
     "(they may be paid twice). --retry-uncertain is its former name.",
 )
 @timeout_option("for each job")
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    envvar="SHORTWAN_REDIS",
+    show_envvar=True,
+    help="Share the --max-spend cap and job ends with every batch on this Redis "
+    "(redis://host:port/db; needs shortwan[redis]).",
+)
+@click.option(
+    "--redis-namespace",
+    default="shortwan",
+    show_default=True,
+    help="The prefix of every Redis key: batches that share a cap use the same one.",
+)
 @click.pass_context
 def batch(
     ctx: click.Context,
@@ -198,13 +216,17 @@ def batch(
     dry_run: bool,
     resubmit_uncertain: bool,
     timeout: float | None,
+    redis_url: str | None,
+    redis_namespace: str,
 ) -> None:
     """Make a video for every line of FILE (JSONL: model arguments plus optional key, output).
 
     Rerunning the same command resumes: finished lines are not sent again, jobs in flight are
-    collected by id. FILE must be a regular file (it is read twice: checked, then sent). Exit
-    codes: 0 all succeeded, 1 some failed or were not handled, 2 usage error, 3 spend cap reached,
-    130 interrupted.
+    collected by id. FILE must be a regular file (it is read twice: checked, then sent). With
+    --redis, every batch on that Redis and namespace shares one --max-spend cap (they must all
+    give the same one) and each other's job ends. Exit codes: 0 all succeeded, 1 some failed or
+    were not handled, 2 usage error (or Redis unreachable: nothing was sent), 3 spend cap
+    reached, 130 interrupted.
     """
     _check_batch_paths(file, out)
     if dry_run:
@@ -223,17 +245,36 @@ def batch(
         (out / DEMO_MARKER).unlink(missing_ok=True)
     job = BatchJob(source=file, out=out, options=options, poll=ctx.obj["poll"])
     settings: dict[str, Any] = ctx.obj
+    if redis_url is not None and importlib.util.find_spec("redis") is None:
+        raise click.UsageError("--redis needs redis-py: pip install 'shortwan[redis]'")
 
     async def go() -> int:
-        return await run_batch(
-            job,
-            api_key=settings["api_key"],
-            base_url=settings["base_url"],
-            console=console,
-            err=err,
-        )
+        async def send(shared: SharedStore | None = None) -> int:
+            return await run_batch(
+                job,
+                api_key=settings["api_key"],
+                base_url=settings["base_url"],
+                console=console,
+                err=err,
+                shared=shared,
+            )
+
+        if redis_url is None:
+            return await send()
+        return await _with_redis(redis_url, redis_namespace, send)
 
     sys.exit(run(go))
+
+
+async def _with_redis(
+    url: str, namespace: str, send: Callable[[SharedStore], Awaitable[int]]
+) -> int:
+    """Connect to Redis (a ConfigurationError, exit 2, if it cannot), then run ``send``."""
+    # The extra is imported only by the runs that ask for it.
+    from ..redis import connect  # noqa: PLC0415
+
+    async with await connect(url, namespace=namespace) as shared:
+        return await send(shared)
 
 
 def _check_batch_paths(file: Path, out: Path) -> None:

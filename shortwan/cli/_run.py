@@ -30,12 +30,14 @@ from .._errors import (
     JobFailedError,
     JobTimeoutError,
     JournalError,
+    SharedStateError,
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
 )
 from .._models import BatchItem, Outcome
 from .._options import BatchOptions
+from .._shared import SharedStore
 from .._spec import PRICE_PER_SECOND
 from ..journal import Journal
 from ._jsonl import Line, check_file, checked_lines
@@ -56,6 +58,7 @@ _STATUSES: tuple[tuple[type[ShortWanError], str], ...] = (
     (JobFailedError, "failed"),
     (SubmissionUncertainError, "uncertain"),
     (SpendLimitError, "not_sent_spend_cap"),
+    (SharedStateError, "not_sent_shared_state"),
     (JobTimeoutError, "timed_out"),
     (JobDetachedError, "interrupted"),
     (DownloadError, "download_failed"),
@@ -150,17 +153,29 @@ class _Stopper:
 
 
 async def run_batch(
-    job: BatchJob, *, api_key: str | None, base_url: str | None, console: Console, err: Console
+    job: BatchJob,
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    console: Console,
+    err: Console,
+    shared: SharedStore | None = None,
 ) -> int:
-    """Run a JSONL batch to its end (or Ctrl-C) and return the process exit code."""
-    return await _BatchRun(job, console=console, err=err).run(api_key, base_url)
+    """Run a JSONL batch to its end (or Ctrl-C) and return the process exit code.
+
+    With ``shared``, the client shares its cap and job ends through it (see ``AsyncShortWan``).
+    """
+    return await _BatchRun(job, console=console, err=err, shared=shared).run(api_key, base_url)
 
 
 class _BatchRun:
     """One run: its lines, its tally and the order in which requests were fed."""
 
-    def __init__(self, job: BatchJob, *, console: Console, err: Console) -> None:
+    def __init__(
+        self, job: BatchJob, *, console: Console, err: Console, shared: SharedStore | None
+    ) -> None:
         self.job = job
+        self.shared = shared
         self.console = console
         self.err = err
         self.tally = Tally(total=0)
@@ -184,7 +199,7 @@ class _BatchRun:
         await anyio.Path(job.out).mkdir(parents=True, exist_ok=True)
         self.reported = {line.number for line in bad}
         self.tally = Tally(total=count + len(bad))
-        client = AsyncShortWan(api_key, base_url=base_url, poll=job.poll)
+        client = AsyncShortWan(api_key, base_url=base_url, poll=job.poll, shared=self.shared)
         journal = Journal(job.out / JOURNAL_NAME)
         try:
             # The journal's run lock is taken before anything in OUT is touched: a second run on

@@ -24,7 +24,7 @@ from redis.typing import EncodableT
 
 from .._aio import wait_through_cancellation
 from .._errors import ConfigurationError, SharedStateError
-from ._lua import Script
+from ._lua import Call, Script, run_pipelined
 
 __all__ = [
     "SCHEMA",
@@ -163,6 +163,11 @@ class Link:
         """Whether the server answered the last call (or heartbeat) made to it."""
         return self._online
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (every call is then refused)."""
+        return self._closed
+
     # --- calls ---------------------------------------------------------------------------------
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
@@ -190,6 +195,23 @@ class Link:
         except RedisError as exc:
             raise SharedStateError(f"Redis at {self.address} refused a call: {exc}") from exc
         return result
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Run several script calls in one round trip (see :func:`run_pipelined`).
+
+        A call the server refused is answered by a :class:`~shortwan.SharedStateError` in its
+        place; the others stand.
+
+        Raises:
+            SharedStateError: the server could not be reached (some calls may have run).
+        """
+        replies = await self.call(lambda: run_pipelined(self.redis, calls))
+        return [
+            SharedStateError(f"Redis at {self.address} refused a call: {reply}")
+            if isinstance(reply, RedisError)
+            else reply
+            for reply in replies
+        ]
 
     def on_recovery(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook()`` every time the server is reachable again after a failure."""

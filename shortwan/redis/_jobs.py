@@ -13,27 +13,19 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 import attrs
 from cattrs.preconf.json import make_converter
 
-from .._errors import (
-    InvalidRequestError,
-    JobFailedError,
-    JobTimeoutError,
-    SharedStateError,
-    ShortWanError,
-)
-from .._models import Video, check_timeout, job_id_problem
+from .._errors import InvalidRequestError, JobTimeoutError, SharedStateError, ShortWanError
+from .._models import check_timeout, job_id_problem
+from .._shared import JobEnd
 from .._spec import DEFAULT_JOB_TIMEOUT
 from ._core import Link, text
-from ._lua import Script
+from ._lua import Call, Script
 from ._reader import Entry, StreamReader
-
-if TYPE_CHECKING:
-    from .._table import JobRecord
 
 __all__ = ["JobEnd", "JobView"]
 
@@ -76,81 +68,6 @@ return holders
 _converter = make_converter()
 _converter.register_unstructure_hook(Decimal, str)
 _converter.register_structure_hook(Decimal, lambda value, _: Decimal(value))
-
-
-@attrs.frozen(kw_only=True)
-class JobEnd:
-    """How a job ended, as the process that saw it publishes it.
-
-    Attributes:
-        job_id: the job.
-        state: ``"succeeded"`` or ``"failed"``.
-        status: the raw status number the service reported last.
-        amount: what the job was charged, when known.
-        urls: the result URLs of a succeeded job.
-        error_type: the class name of the error of a failed job (``JobFailedError``, ...).
-        error: its text.
-        refunded: whether the charge of a failed job was returned.
-        seen_by: the worker that published it.
-    """
-
-    job_id: str
-    state: str
-    status: int | None = None
-    amount: Decimal | None = None
-    urls: tuple[str, ...] = ()
-    error_type: str | None = None
-    error: str | None = None
-    refunded: bool | None = None
-    seen_by: str | None = None
-
-    @property
-    def url(self) -> str | None:
-        """The first result URL, if the job succeeded."""
-        return self.urls[0] if self.urls else None
-
-    @property
-    def succeeded(self) -> bool:
-        """Whether the job made its video."""
-        return self.state == "succeeded" and bool(self.urls)
-
-    def video(self) -> Video | None:
-        """Return the job's video, or ``None`` for a failed job."""
-        if not self.succeeded:
-            return None
-        return Video(job_id=self.job_id, url=self.urls[0], urls=self.urls, credit=self.amount)
-
-    def failure(self) -> JobFailedError | None:
-        """Return the error a failed job ended with, ``None`` for one that succeeded."""
-        if self.succeeded:
-            return None
-        return JobFailedError(self.job_id, self.error, refunded=self.refunded, status=self.status)
-
-    @classmethod
-    def from_record(cls, record: JobRecord, *, seen_by: str | None = None) -> JobEnd:
-        """Describe a finished job of the job table.
-
-        Raises:
-            ValueError: the job has not ended.
-        """
-        if not record.is_terminal:
-            raise ValueError(f"job {record.id} has not ended ({record.state.value})")
-        video = record.video
-        snapshot = record.snapshot
-        error = record.error
-        return cls(
-            job_id=record.id,
-            state=record.state.value,
-            status=record.raw_status if record.raw_status >= 0 else None,
-            amount=record.amount,
-            urls=() if video is None else (video.urls or (video.url,)),
-            error_type=None if error is None else type(error).__name__,
-            error=None
-            if error is None
-            else (error.reason if isinstance(error, JobFailedError) else str(error)),
-            refunded=None if snapshot is None else snapshot.refunded,
-            seen_by=seen_by,
-        )
 
 
 def _encode(end: JobEnd) -> str:
@@ -217,6 +134,33 @@ class JobView:
         )
         return bool(first)
 
+    async def publish_many(self, ends: Sequence[JobEnd]) -> list[bool]:
+        """Publish several ends in one round trip (see :meth:`publish`); say which were first.
+
+        Raises:
+            SharedStateError: Redis could not be reached; some of them may have been published
+                (publishing one again changes nothing).
+        """
+        keys = self._link.keys
+        calls: list[Call] = []
+        for given in ends:
+            job_id = _check_id(given.job_id)
+            end = given if given.seen_by else attrs.evolve(given, seen_by=self._link.worker_id)
+            calls.append(
+                (
+                    _PUBLISH,
+                    (keys.job(job_id), keys.ends, keys.polling(job_id)),
+                    (_encode(end), max(1, int(self.ttl * 1000)), job_id, _STREAM_LENGTH),
+                )
+            )
+        if not calls:
+            return []
+        firsts = await self._link.run_many(calls)
+        for first in firsts:
+            if isinstance(first, SharedStateError):
+                raise first
+        return [bool(first) for first in firsts]
+
     async def get(self, job_id: str) -> JobEnd | None:
         """Return the published end of ``job_id``, ``None`` if no process published one.
 
@@ -226,6 +170,29 @@ class JobView:
         key = self._link.keys.job(_check_id(job_id))
         raw = await self._link.call(lambda: self._link.redis.get(key))
         return None if raw is None else _decode(raw)
+
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, JobEnd]:
+        """Return the published ends of those of ``job_ids`` that have one, in one round trip.
+
+        An end that cannot be read is left out (and logged), as if none were published.
+
+        Raises:
+            SharedStateError: Redis could not be reached.
+        """
+        ids = [_check_id(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        keys = [self._link.keys.job(job_id) for job_id in ids]
+        values = await self._link.call(lambda: self._link.redis.mget(keys))
+        found: dict[str, JobEnd] = {}
+        for job_id, raw in zip(ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[job_id] = _decode(raw)
+            except SharedStateError:
+                logger.warning("the shared end of job %s cannot be read", job_id)
+        return found
 
     async def ttl_of(self, job_id: str) -> float | None:
         """Return the seconds the end of ``job_id`` is still kept, ``None`` if there is none."""

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
-__all__ = ["CALENDAR", "PRELUDE", "Script"]
+__all__ = ["CALENDAR", "PRELUDE", "Script", "run_pipelined"]
 
 # Shared helpers, pasted in front of the scripts that need them.
 PRELUDE = """
@@ -111,3 +111,36 @@ class Script:
         except NoScriptError:
             await self.load(redis)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+Call = tuple[Script, Sequence[str], Sequence[EncodableT]]
+
+
+async def run_pipelined(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run every ``(script, keys, args)`` in one round trip; return each reply, in order.
+
+    A call refused with an error is answered by that error (an exception in its place), so
+    one caller's trouble is not everyone's. A call refused because the server had lost its script
+    (a restart) is sent again once the script is loaded, and only it: a call that ran is never
+    run twice.
+    """
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in (1, 2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        lost = []
+        for i, result in zip(todo, results, strict=True):
+            if attempt == 1 and isinstance(result, NoScriptError):
+                lost.append(i)
+            else:
+                replies[i] = result
+        if not lost:
+            break
+        for script in {calls[i][0] for i in lost}:
+            await script.load(redis)
+        todo = lost
+    return replies
