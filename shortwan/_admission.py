@@ -20,6 +20,7 @@ from ._convert import request_from_args
 from ._errors import (
     APIError,
     JobTimeoutError,
+    SharedStateError,
     ShortWanError,
     SpendLimitError,
     SubmissionUncertainError,
@@ -137,7 +138,14 @@ class Admission:
         entry = await page.entry()
         if entry is not None and await self._resumed(item, request, entry):
             return
-        if self._cap_reached or not await self._budget.reserve(request.estimated_cost):
+        try:
+            granted = not self._cap_reached and await self._budget.reserve(request.estimated_cost)
+        except SharedStateError as exc:
+            # Fail closed: nothing is sent past a cap nobody can check. The cap is not reached
+            # for all that: the next request asks again.
+            self._emit(self._refused(item, request, exc))
+            return
+        if not granted:
             self._cap_reached = True
             self._emit(self._refused(item, request, self._cap_error(request)))
             return

@@ -125,10 +125,11 @@ class AsyncShortWan(ClosedOnExit):
             a callback URL with its own token, results arrive when the service calls back
             (confirmed by one query), and polling becomes a slow safety net.
         shared: a :class:`shortwan.redis.SharedState` (from ``await shortwan.redis.connect(...)``)
-            to share with every process of its namespace: every job end seen here is
-            published, an attached job (and :meth:`get_job`) is answered from an end another
-            process saw without a query, and a job another live worker polls is not polled here
-            too. It is borrowed: closing the client never closes it.
+            to share with every process of its namespace: ``max_spend`` given as an amount is
+            then one cap for all of them, every job end seen here is published, an attached
+            job (and :meth:`get_job`) is answered from an end another process saw without a
+            query, and a job another live worker polls is not polled here too. It is borrowed:
+            closing the client never closes it.
 
     Raises:
         ConfigurationError: no API key, a base URL that is not http(s), or a ``shared`` state
@@ -349,10 +350,15 @@ class AsyncShortWan(ClosedOnExit):
         Args:
             requests: an iterable or async iterable of requests.
             concurrency: requests admitted and not yet reported, at most.
-            max_spend: a cap in USD (or a shared :class:`SpendCounter`): a request whose cost
+            max_spend: a cap in USD (or a :class:`SpendCounter`, such as one opened with
+                ``shared.spend_counter(limit, name=..., window="day")``): a request whose cost
                 would cross it is not sent and gets a :class:`SpendLimitError` outcome, as does
                 every request after it. With a journal, money the journal's earlier runs
-                committed counts toward the cap.
+                committed counts toward an amount. With ``shared``, an amount is also the
+                shared counter ``"default"`` of the namespace (every process must give the same
+                one): the batch stays under both. A request whose reservation cannot reach the
+                shared counter is not sent and gets a :class:`SharedStateError` outcome; the
+                next one tries again.
             timeout: seconds to wait for each job once created; a late job's outcome carries a
                 :class:`JobTimeoutError` and the job stays tracked.
             journal: a :class:`~shortwan.journal.Journal`; a rerun with the same journal and
@@ -494,7 +500,12 @@ async def _open_batch(
 ) -> Batch:
     """Make the batch of one ``generate_many`` or ``gather`` call: its ledger, cap and folder."""
     ledger = ledger_for(options.journal)
-    budget = await open_budget(options.max_spend, spent_before=ledger.spent)
+    sharing = engine.sharing
+    budget = await open_budget(
+        options.max_spend,
+        spent_before=ledger.spent,
+        shared=None if sharing is None else sharing.spend_counter,
+    )
     folder = None
     if options.download_to is not None:
         folder = anyio.Path(options.download_to)

@@ -1,4 +1,4 @@
-"""The client's side of a shared store: job ends both ways, and polling claims.
+"""The client's side of a shared store: job ends both ways, polling claims, the shared cap.
 
 With ``AsyncShortWan(shared=...)`` every job end this client learns from the service is published,
 a job attached by id is first looked up among the ends other processes published, and a job is
@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Final
 
 import anyio
@@ -29,6 +30,7 @@ from ._errors import SharedStateError
 from ._models import JobSnapshot
 from ._poller import Poller
 from ._shared import JobEnd, SharedStore
+from ._spend import SpendCounter
 from ._table import JobRecord, JobState, JobTable
 
 __all__ = ["Sharing", "SharingStatistics"]
@@ -102,6 +104,7 @@ class Sharing:
         self._ends: deque[JobEnd] = deque()
         # Jobs another worker polls: id → the cancel of the subscription to their end.
         self._elsewhere: dict[str, Callable[[], None]] = {}
+        self._counters: dict[Decimal, SpendCounter] = {}
         self._wake: asyncio.Event | None = None
         self._publishing = anyio.Lock()
         self._in_outage = False
@@ -118,6 +121,13 @@ class Sharing:
             from_elsewhere=self._from_elsewhere,
             polled_elsewhere=len(self._elsewhere),
         )
+
+    async def spend_counter(self, limit: Decimal) -> SpendCounter:
+        """Return the store's default spend counter with the cap ``limit`` (one per cap)."""
+        counter = self._counters.get(limit)
+        if counter is None:
+            counter = self._counters[limit] = await self.store.spend_counter(limit)
+        return counter
 
     # --- what the engine and the poller tell it ------------------------------------------------
 

@@ -18,6 +18,7 @@ from ._errors import InvalidRequestError
 
 __all__ = [
     "NO_BUDGET",
+    "BothBudgets",
     "NoBudget",
     "SpendBudget",
     "SpendCounter",
@@ -123,6 +124,61 @@ class NoBudget:
 
 NO_BUDGET: Final = NoBudget()
 
+
+class BothBudgets:
+    """A :class:`SpendCounter` that keeps a batch under two caps: its own and a shared one.
+
+    The batch's own (in memory, counting what its journal's earlier runs spent) is asked first,
+    so a request it refuses costs the shared counter nothing; a reservation one of them refuses
+    or cannot make is given back to the other.
+    """
+
+    def __init__(self, own: SpendCounter, shared: SpendCounter) -> None:
+        self.own = own
+        self.shared = shared
+
+    def __repr__(self) -> str:
+        return f"<BothBudgets own={self.own!r} shared={self.shared!r}>"
+
+    @property
+    def limit(self) -> Decimal:
+        """The lower of the two caps."""
+        return min(self.own.limit, self.shared.limit)
+
+    @property
+    def committed(self) -> Decimal:
+        """The higher of the two counts."""
+        return max(self.own.committed, self.shared.committed)
+
+    async def reserve(self, amount: Decimal) -> bool:
+        """Reserve ``amount`` under both caps, or under neither."""
+        if not await self.own.reserve(amount):
+            return False
+        try:
+            granted = await self.shared.reserve(amount)
+        except BaseException:
+            await self.own.release(amount)
+            raise
+        if not granted:
+            await self.own.release(amount)
+        return granted
+
+    async def settle(self, reserved: Decimal, charged: Decimal | None) -> None:
+        """Settle the reservation with both."""
+        await self.own.settle(reserved, charged)
+        await self.shared.settle(reserved, charged)
+
+    async def release(self, reserved: Decimal) -> None:
+        """Give the reservation back to both."""
+        await self.own.release(reserved)
+        await self.shared.release(reserved)
+
+    async def refund(self, amount: Decimal) -> None:
+        """Take the refund off both."""
+        await self.own.refund(amount)
+        await self.shared.refund(amount)
+
+
 SpendLimit: TypeAlias = Decimal | str | int | float | SpendCounter | None
 """What ``max_spend`` takes: an amount in USD, a shared counter, or ``None`` for no cap."""
 
@@ -168,16 +224,27 @@ def check_spend(value: object) -> Decimal | SpendCounter | None:
 
 
 async def open_budget(
-    limit: Decimal | SpendCounter | None, *, spent_before: Callable[[], Awaitable[Decimal]]
+    limit: Decimal | SpendCounter | None,
+    *,
+    spent_before: Callable[[], Awaitable[Decimal]],
+    shared: Callable[[Decimal], Awaitable[SpendCounter]] | None = None,
 ) -> SpendCounter:
     """Return the counter a batch uses: an in-memory budget for an amount, else ``limit`` itself.
 
     A cap given as an amount covers every run of the batch: ``spent_before()`` (what its journal
-    says earlier runs committed) counts toward it, and is read only then. A shared counter keeps
-    its own count.
+    says earlier runs committed) counts toward it, and is read only then. With ``shared`` (which
+    opens the shared counter of a cap), the amount is also a cap for every process: the batch
+    stays under both. A counter given as ``limit`` keeps its own count.
+
+    Raises:
+        SharedStateError: the shared counter could not be opened (nothing was sent).
+        ConfigurationError: the shared counter has another cap.
     """
     if limit is None:
         return NO_BUDGET
     if isinstance(limit, Decimal):
-        return SpendBudget(limit, spent=await spent_before())
+        own = SpendBudget(limit, spent=await spent_before())
+        if shared is None:
+            return own
+        return BothBudgets(own, await shared(limit))
     return limit
