@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine, throttle
+from benchmarks import callbacks, cli, download, engine, throttle, workers
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +37,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "throttled": throttle.bench_throttled,
     "scale": engine.bench_scale,
     "callbacks": callbacks.bench,
+    "workers": workers.bench,
     "download": download.bench,
     "cli": cli.bench,
 }

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Run a redis-server on a free loopback port, persistence off; yield its URL."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", folder, "--loglevel", "warning"]
+        process = subprocess.Popen(  # noqa: S603 - the machine's own redis-server
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def fresh_session() -> aiohttp.ClientSession:
     """Return a session whose every request opens a new connection (the kernel picks a worker)."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
@@ -94,6 +127,10 @@ async def serve(
         "aiohttp.GunicornWebWorker",
         "--graceful-timeout",
         "10",
+        # Longer than a client keeps an idle connection (aiohttp: 15 s), as behind a proxy: a
+        # server that closes first races the client's next request on that connection.
+        "--keep-alive",
+        "75",
         "--log-level",
         "warning",
     ]

@@ -62,7 +62,7 @@ async def make_app(
     async def client_context(app: web.Application) -> AsyncIterator[None]:
         try:
             async with AsyncShortWan(
-                api_key, base_url=base_url, poll=poll, callbacks=receiver
+                api_key, base_url=base_url, poll=poll, callbacks=receiver, shared=shared
             ) as client:
                 app[CLIENT] = client
                 yield
