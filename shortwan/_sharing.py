@@ -193,7 +193,7 @@ class Sharing:
                 logger.warning("the shared state was closed; this client goes on alone")
                 return
             if not self.store.online:
-                self._go_local()
+                self._outage("the server does not answer")
                 await self.store.wait_online()
                 wake.set()  # what was kept goes out at once
                 continue
@@ -205,7 +205,7 @@ class Sharing:
                         [r for r in self._table.pending() if r.state is not JobState.DETACHED]
                     )
             except SharedStateError as exc:
-                self._outage(exc)
+                self._outage(str(exc))
                 if self._gone():
                     wake.set()  # straight to waiting for it to come back
             except RuntimeError:
@@ -317,15 +317,16 @@ class Sharing:
                 self._poller.schedule(record, 0.0)
         self._claiming.clear()
 
-    def _outage(self, exc: SharedStateError) -> None:
+    def _outage(self, why: str) -> None:
         self._go_local()
         if not self._in_outage:
+            # One warning per outage, however many jobs end during it.
             self._in_outage = True
             logger.warning(
-                "shared state unreachable: %d job ends kept until it is back, jobs polled here "
-                "meanwhile (%s)",
+                "shared state unreachable (%s): job ends are kept until it is back (%d now), "
+                "jobs are polled here meanwhile",
+                why,
                 len(self._ends),
-                exc,
             )
 
     async def drain(self, timeout: float) -> None:

@@ -124,3 +124,21 @@ def test_the_command_line_imports_the_fake_only_inside_its_commands() -> None:
         tops = {target for node in tree.body for target in imports_of_node(name, path, node)}
         assert not {t for t in tops if t.startswith("shortwan.testing")}, name
     assert checked > 3
+
+
+def test_the_redis_extra_is_imported_only_by_itself_and_inside_commands() -> None:
+    """The core never imports shortwan.redis (an extra); the command line only inside functions."""
+    checked = 0
+    for name, path in MODULES.items():
+        if name.startswith("shortwan.redis"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if name.startswith("shortwan.cli"):
+            found = {t for node in tree.body for t in imports_of_node(name, path, node)}
+        else:
+            found = set(imports_of(name, path))
+        assert not {t for t in found if t.startswith("shortwan.redis")}, name
+        checked += 1
+    assert checked > 30
+    inside = set(imports_of("shortwan.cli._app", MODULES["shortwan.cli._app"]))
+    assert "shortwan.redis" in inside  # the rule looks at a module that does import it

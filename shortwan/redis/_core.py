@@ -30,6 +30,7 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "UNREACHABLE",
+    "Grouped",
     "Keys",
     "Link",
     "check_schema",
@@ -320,6 +321,61 @@ class Link:
             await self.redis.aclose()
         if cancelled is not None:
             raise cancelled
+
+
+class Grouped:
+    """Calls of one script made by many tasks at once, sent together.
+
+    The first call starts a round trip; the calls made while it is on its way go together in the
+    next one, so a burst of calls costs a few round trips, not one each. Only for calls that do
+    not depend on each other's replies.
+    """
+
+    def __init__(self, link: Link, script: Script) -> None:
+        self._link = link
+        self._script = script
+        self._waiting: list[tuple[Sequence[EncodableT], asyncio.Future[Any]]] = []
+        self._sending = False
+
+    async def call(self, args: Sequence[EncodableT]) -> Any:
+        """Run the script with ``args`` (no keys) along with the others; return its reply.
+
+        Raises:
+            SharedStateError: the server could not be reached, or refused this call.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._sending:
+            self._link.spawn(self._send)  # refused by a closed state, before anything is queued
+            self._sending = True
+        self._waiting.append((args, future))
+        return await future
+
+    async def _send(self) -> None:
+        batch: list[tuple[Sequence[EncodableT], asyncio.Future[Any]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                replies: list[Any]
+                try:
+                    replies = await self._link.run_many([(self._script, (), a) for a, _ in batch])
+                except (SharedStateError, RuntimeError) as exc:  # unreachable, or closed
+                    replies = [SharedStateError(str(exc))] * len(batch)
+                for (_args, future), reply in zip(batch, replies, strict=True):
+                    if future.done():
+                        continue  # its caller was cancelled; a granted reply lapses on its own
+                    if isinstance(reply, SharedStateError):
+                        # One error object each: raised in many tasks, a shared one would
+                        # collect all their tracebacks.
+                        future.set_exception(SharedStateError(str(reply)))
+                    else:
+                        future.set_result(reply)
+                batch = []
+        finally:
+            self._sending = False
+            for _args, future in [*batch, *self._waiting]:
+                if not future.done():
+                    future.set_exception(SharedStateError("the shared state is closing"))
+            self._waiting = []
 
 
 async def check_schema(

@@ -45,6 +45,15 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own that keeps its data when it is stopped and started."""
+    server = RedisServer(_binary(), tmp_path, persist=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def namespace() -> str:
     """A namespace no other test uses."""
     return "t" + secrets.token_hex(6)

@@ -76,6 +76,12 @@ async def wait(shared: SharedState, options: dict[str, Any]) -> None:
     say(job_id=end.job_id, state=end.state, url=end.url, seen_by=end.seen_by, amount=end.amount)
 
 
+async def ends(shared: SharedState, options: dict[str, Any]) -> None:
+    """Say which of the given jobs have a published end, and how each ended."""
+    found = await shared.jobs.get_many(options["job_ids"])
+    say(ends={job_id: end.state for job_id, end in found.items()})
+
+
 async def bucket(shared: SharedState, options: dict[str, Any]) -> None:
     """Send as fast as the shared bucket lets, and report when each send was allowed."""
     rate_bucket = shared.rate_bucket("rate-test", rate=options["rate"])
@@ -117,6 +123,7 @@ ROLES = {
     "hold": hold,
     "publish": publish,
     "wait": wait,
+    "ends": ends,
     "bucket": bucket,
     "owner": owner,
 }

@@ -44,15 +44,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1, with persistence off.
+    """One redis-server process on 127.0.0.1, with persistence off unless ``persist``.
 
     ``stop()`` and ``start()`` keep the port, so clients connected to it see the server go away
-    and come back (empty, since nothing is persisted), as after a crash.
+    and come back, as after a crash: empty without persistence, as it was with it (every write
+    is in its append-only file before it is answered).
     """
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, persist: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.persist = persist
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,7 +76,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--loglevel",
@@ -115,19 +119,29 @@ class RedisServer:
 
 
 CHILD = Path(__file__).with_name("redis_child.py")
+CLIENT_CHILD = Path(__file__).with_name("client_child.py")
 
 
-def child_command(role: str, url: str, namespace: str, options: dict[str, Any]) -> list[str]:
-    """Return the command line of one worker process of the tests."""
-    return [sys.executable, str(CHILD), role, url, namespace, json.dumps(options)]
+def child_command(
+    role: str, url: str, namespace: str, options: dict[str, Any], *, script: Path = CHILD
+) -> list[str]:
+    """Return the command line of one worker process of the tests (``script`` plays it)."""
+    return [sys.executable, str(script), role, url, namespace, json.dumps(options)]
 
 
 async def run_child(
-    role: str, url: str, namespace: str, options: dict[str, Any], *, timeout: float = 60
+    role: str,
+    url: str,
+    namespace: str,
+    options: dict[str, Any],
+    *,
+    timeout: float = 60,
+    script: Path = CHILD,
 ) -> list[dict[str, Any]]:
     """Run one worker process to its end; return the JSON lines it printed."""
+    command = child_command(role, url, namespace, options, script=script)
     with anyio.fail_after(timeout):
-        result = await anyio.run_process(child_command(role, url, namespace, options), check=False)
+        result = await anyio.run_process(command, check=False)
     if result.returncode != 0:
         raise AssertionError(
             f"{role} child exited with {result.returncode}:\n{result.stderr.decode()[-3000:]}"
@@ -156,10 +170,10 @@ class Child:
 
 @contextlib.asynccontextmanager
 async def child(
-    role: str, url: str, namespace: str, options: dict[str, Any]
+    role: str, url: str, namespace: str, options: dict[str, Any], *, script: Path = CHILD
 ) -> AsyncIterator[Child]:
     """Start a worker process; kill it on the way out if it is still running."""
-    process = await anyio.open_process(child_command(role, url, namespace, options))
+    process = await anyio.open_process(child_command(role, url, namespace, options, script=script))
     async with process:
         try:
             yield Child(process)
