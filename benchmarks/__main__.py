@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine, shared, shared_rate, throttle
+from benchmarks import callbacks, cli, download, engine, shared, shared_rate, throttle, workers
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +38,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "shared-rate": shared_rate.bench,
     "scale": engine.bench_scale,
     "callbacks": callbacks.bench,
+    "workers": workers.bench,
     "download": download.bench,
     "cli": cli.bench,
     "shared": shared.bench_overhead,

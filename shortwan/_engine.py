@@ -92,6 +92,8 @@ class Engine:
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
+        if callbacks is not None:
+            callbacks.add_target(self)  # it may confirm callbacks of workers that are gone
 
     @property
     def poller(self) -> Poller:

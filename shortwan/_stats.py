@@ -22,14 +22,23 @@ class CallbackStatistics:
     """A snapshot of a callback receiver's figures (``CallbackReceiver.statistics()``).
 
     Attributes:
-        received: callbacks that named a live token.
+        received: callbacks that named a live token (of this worker or, with a shared
+            registry, of another one).
         rejected: callbacks with an unknown token (answered 404; they changed nothing).
         listening: tokens live now: creates in flight, jobs not finished, lost creates.
+        forwarded: callbacks received here and forwarded to the worker holding their token.
+        from_other_workers: callbacks other workers forwarded here.
+        taken_over: callbacks whose worker was gone, confirmed and published here.
+        unavailable: callbacks answered 503 because the shared registry could not be asked.
     """
 
     received: int
     rejected: int
     listening: int
+    forwarded: int = 0
+    from_other_workers: int = 0
+    taken_over: int = 0
+    unavailable: int = 0
 
 
 @attrs.frozen(kw_only=True)

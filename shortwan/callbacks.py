@@ -10,79 +10,49 @@ result.
 One :class:`CallbackReceiver` serves three ways: on its own (``async with`` starts an aiohttp
 server), inside an aiohttp application (:meth:`CallbackReceiver.aiohttp_app` as a sub-application),
 or as a plain ASGI application (:meth:`CallbackReceiver.asgi`) for Starlette or FastAPI ``mount``.
-It must run in the event loop of the clients that use it.
+It must run in the event loop of the clients that use it. Given a shared state
+(``shared=``, see :mod:`shortwan.redis`), the receivers of several workers behind one address
+share their tokens: a callback that lands on the wrong worker reaches the right one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ._aio import ClosedOnExit
+from ._callback_http import ASGIApp, aiohttp_handler
+from ._callback_shared import CallbackTarget, Registration, SharedCallbacks, Workers
+from ._callback_wire import (
+    ACCEPTED,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PATH_PREFIX,
+    NOT_FOUND,
+    TOKEN_BYTES,
+    TOO_LARGE,
+    UNCERTAIN_TTL,
+    digest,
+    job_id_of,
+    payload,
+)
 from ._convert import snapshot_from_data
 from ._errors import ConfigurationError, MalformedResponseError
 from ._models import ImageToVideo
 from ._stats import CallbackStatistics
 
 if TYPE_CHECKING:
-    from ._models import JobSnapshot
     from ._table import JobRecord
 
-__all__ = ["DEFAULT_PATH_PREFIX", "CallbackReceiver"]
+__all__ = ["DEFAULT_PATH_PREFIX", "CallbackReceiver", "CallbackTarget"]
 
 logger = logging.getLogger("shortwan")
-
-DEFAULT_PATH_PREFIX: Final = "/shortwan/callbacks"
-DEFAULT_MAX_BODY: Final = 1024 * 1024
-TOKEN_BYTES: Final = 32  # 256 bits
-UNCERTAIN_TTL: Final = 48 * 3600.0
-"""How long a create whose answer was lost keeps listening for its callback."""
-
-_NOT_FOUND: Final = b'{"error":"unknown callback"}'
-_ACCEPTED: Final = b'{"ok":true}'
-_TOO_LARGE: Final = b'{"error":"body too large"}'
-
-ASGIScope = MutableMapping[str, Any]
-ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class CallbackTarget(Protocol):
-    """What the receiver asks of the client whose create carried a token (its engine).
-
-    This is the whole boundary between the two: the receiver keeps one target per token, calls
-    these three methods and nothing else, and compares targets only by identity (to drop a closing
-    client's tokens). A target may be asked from the receiver's request handler, so no method may
-    block: each one schedules what it needs and returns.
-    """
-
-    def confirm(self, record: JobRecord) -> None:
-        """Ask the service about ``record`` soon: a callback said it ended (a hint, not proof)."""
-
-    def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:
-        """Take ``snapshot``, read from a trusted callback body, as the latest answer about it."""
-
-    def adopt(self, job_id: str, request: ImageToVideo, token: str) -> None:
-        """Confirm ``job_id`` by query and track it: the create of ``request`` lost its answer.
-
-        Once the job is tracked, the target binds it to ``token`` (:meth:`CallbackReceiver.bind`);
-        if it cannot be confirmed, the target calls :meth:`CallbackReceiver.keep_uncertain`.
-        """
-
-
-def _digest(token: str) -> bytes:
-    # Tokens are looked up by their hash, then compared in constant time: neither the dict
-    # lookup nor the comparison leaks how much of a guessed token was right.
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class _Listener:
@@ -99,7 +69,9 @@ class _Listener:
         "uncertain",
     )
 
-    def __init__(self, token: str, engine: CallbackTarget, request: ImageToVideo) -> None:
+    def __init__(
+        self, token: str, engine: CallbackTarget, request: ImageToVideo | None = None
+    ) -> None:
         self.token = token
         self.engine = engine
         self.request = request
@@ -110,41 +82,11 @@ class _Listener:
         self.uncertain = False
         self.since = time.monotonic()
 
-
-def _payload(body: bytes) -> dict[str, Any] | None:
-    """Return the job data of a callback body: an envelope's ``data``, or a bare object."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    if not isinstance(parsed, dict):
-        return None
-    data = parsed.get("data")
-    if isinstance(data, dict) and ("code" in parsed or "status" not in parsed):
-        return data
-    return parsed
-
-
-def _job_id_of(data: dict[str, Any] | None) -> str | None:
-    if data is None:
-        return None
-    for name in ("id", "job_id"):
-        value = data.get(name)
-        if isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable():
-            return value
-    return None
-
-
-class _ASGIApp:
-    """An ASGI 3 application object (servers tell ASGI 3 from 2 by an async ``__call__``)."""
-
-    __slots__ = ("_receiver",)
-
-    def __init__(self, receiver: CallbackReceiver) -> None:
-        self._receiver = receiver
-
-    async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        await self._receiver._serve_asgi(scope, receive, send)
+    def registration(self) -> Registration:
+        """Return what this token stands for, as the shared registry records it."""
+        if self.record is not None:
+            return Registration("job", self.record.id)
+        return Registration("uncertain" if self.uncertain else "pending")
 
 
 class CallbackReceiver(ClosedOnExit):
@@ -164,6 +106,9 @@ class CallbackReceiver(ClosedOnExit):
             confirmed by query as for any callback with a known token.
         host: where a standalone receiver listens.
         port: its port; 0 picks a free one.
+        shared: a :class:`shortwan.redis.SharedState` the workers of one backend share: this
+            receiver's tokens are then mirrored to it, and a callback for a token another
+            worker holds is forwarded there (see :meth:`share`).
     """
 
     def __init__(
@@ -175,6 +120,7 @@ class CallbackReceiver(ClosedOnExit):
         max_body: int = DEFAULT_MAX_BODY,
         host: str = "127.0.0.1",
         port: int = 0,
+        shared: SharedCallbacks | None = None,
     ) -> None:
         if public_url is not None:
             parts = urlsplit(public_url)
@@ -193,9 +139,15 @@ class CallbackReceiver(ClosedOnExit):
         self._host = host
         self._port = port
         self._listeners: dict[bytes, _Listener] = {}
+        # The clients using this receiver, oldest first: the first one confirms the jobs of
+        # workers that are gone.
+        self._targets: list[CallbackTarget] = []
+        self._workers: Workers | None = None
         self._runner: web.AppRunner | None = None
         self._received = 0
         self._rejected = 0
+        if shared is not None:
+            self.share(shared)
 
     def __repr__(self) -> str:
         return f"<CallbackReceiver {self.url or 'not started'} listening={len(self._listeners)}>"
@@ -206,6 +158,26 @@ class CallbackReceiver(ClosedOnExit):
         if self.public_url is None:
             return None
         return self.public_url + self.path_prefix
+
+    def share(self, shared: SharedCallbacks) -> None:
+        """Share this receiver's tokens with the other workers of a backend through ``shared``.
+
+        Call it once, in the event loop of the shared state, before the first create (the
+        constructor's ``shared=`` does). From then on every token is mirrored to the shared
+        registry in the background (a create never waits for it, nor fails because Redis
+        does); a callback whose token another worker holds is forwarded to that worker; one
+        whose worker is gone is confirmed by one query of the oldest client attached to this
+        receiver, and its end published for every worker.
+
+        Raises:
+            ConfigurationError: the receiver shares already, or another receiver uses
+                ``shared``.
+        """
+        if self._workers is not None:
+            raise ConfigurationError("this callback receiver shares its tokens already")
+        self._workers = Workers(self, shared.callback_tokens())
+        for key in self._listeners:
+            self._workers.changed_key(key)
 
     # --- standalone ----------------------------------------------------------------------------
 
@@ -227,7 +199,7 @@ class CallbackReceiver(ClosedOnExit):
         if runner is not None:
             await runner.cleanup()
 
-    # --- aiohttp -------------------------------------------------------------------------------
+    # --- aiohttp and ASGI ----------------------------------------------------------------------
 
     def aiohttp_app(self) -> web.Application:
         """Return an aiohttp application to mount: ``app.add_subapp(receiver.path_prefix, ...)``."""
@@ -238,84 +210,45 @@ class CallbackReceiver(ClosedOnExit):
     def add_routes(self, router: web.UrlDispatcher, prefix: str | None = None) -> None:
         """Add the callback route to an aiohttp router, under ``prefix`` (default path_prefix)."""
         base = self.path_prefix if prefix is None else prefix.rstrip("/")
-        router.add_post(base + "/{token}", self._aiohttp_handler)
-
-    async def _aiohttp_handler(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        if request.content_length is not None and request.content_length > self.max_body:
-            status, body = self.handle(token, None)
-            return web.Response(status=status, body=body, content_type="application/json")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > self.max_body:
-                status, body = self.handle(token, None)
-                return web.Response(status=status, body=body, content_type="application/json")
-            chunks.append(chunk)
-        status, body = self.handle(token, b"".join(chunks))
-        return web.Response(status=status, body=body, content_type="application/json")
-
-    # --- ASGI ----------------------------------------------------------------------------------
+        router.add_post(base + "/{token}", aiohttp_handler(self))
 
     @property
-    def asgi(self) -> _ASGIApp:
+    def asgi(self) -> ASGIApp:
         """This receiver as an ASGI app: ``app.mount(receiver.path_prefix, receiver.asgi)``."""
-        return _ASGIApp(self)
+        return ASGIApp(self)
 
-    async def _serve_asgi(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        if scope.get("method") != "POST":
-            await self._asgi_answer(send, 405, b'{"error":"POST only"}')
-            return
-        token = str(scope.get("path", "")).rstrip("/").rsplit("/", 1)[-1]
-        chunks: list[bytes] = []
-        size = 0
-        too_large = False
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            size += len(chunk)
-            if size > self.max_body:
-                too_large = True
-                break  # stop reading: the rest is never buffered
-            chunks.append(chunk)
-        status, body = self.handle(token, None if too_large else b"".join(chunks))
-        await self._asgi_answer(send, status, body)
+    # --- the handlers --------------------------------------------------------------------------
 
-    @staticmethod
-    async def _asgi_answer(send: ASGISend, status: int, body: bytes) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def dispatch(self, token: str, body: bytes | None) -> tuple[int, bytes]:
+        """Take one callback, whichever worker holds its token; return the HTTP answer.
 
-    # --- the one handler -----------------------------------------------------------------------
+        A token this worker holds is handled here (:meth:`handle`). With a shared registry,
+        any other token is looked up there in one round trip: unknown is 404; known, it is
+        answered 200 at once and forwarded to its worker (or taken over, if that worker is
+        gone); a registry that cannot be reached is 503, so a service that retries asks again.
+        """
+        if self._workers is None or self._listeners.get(digest(token)) is not None:
+            return self.handle(token, body)
+        return await self._workers.dispatch(token, body)
 
     def handle(self, token: str, body: bytes | None) -> tuple[int, bytes]:
-        """Take one callback; return the HTTP status and body to answer with.
+        """Take one callback for a token of this worker; return the HTTP status and body.
 
         ``body`` is ``None`` when it was larger than ``max_body``. Answers at once; any query
-        runs in the background.
+        runs in the background. A token of another worker is 404 here: :meth:`dispatch` is the
+        handler that asks the shared registry.
         """
-        listener = self._listeners.get(_digest(token))
+        listener = self._listeners.get(digest(token))
         if listener is None or not hmac.compare_digest(listener.token, token):
             self._rejected += 1
-            return 404, _NOT_FOUND
+            return 404, NOT_FOUND
         self._received += 1
-        data = None if body is None else _payload(body)
+        self.accept(listener, body)
+        return (413, TOO_LARGE) if body is None else (200, ACCEPTED)
+
+    def accept(self, listener: _Listener, body: bytes | None) -> None:
+        """Act on a callback for ``listener``'s token, received here or by another worker."""
+        data = None if body is None else payload(body)
         record = listener.record
         if record is None:
             if listener.uncertain:
@@ -324,12 +257,9 @@ class CallbackReceiver(ClosedOnExit):
                 # The create's answer is still on its way. Keep the id the body names: if that
                 # answer is lost, this is how the paid job is found.
                 listener.hinted = True
-                listener.early_id = listener.early_id or _job_id_of(data)
+                listener.early_id = listener.early_id or job_id_of(data)
         elif not record.is_terminal:
             self._resolve(listener.engine, record, data)
-        if body is None:
-            return 413, _TOO_LARGE
-        return 200, _ACCEPTED
 
     def _resolve(
         self, engine: CallbackTarget, record: JobRecord, data: dict[str, Any] | None
@@ -350,14 +280,60 @@ class CallbackReceiver(ClosedOnExit):
         engine.confirm(record)
 
     def _adopt(self, listener: _Listener, data: dict[str, Any] | None) -> None:
-        job_id = _job_id_of(data)
-        if job_id is None:
+        job_id = job_id_of(data)
+        if job_id is None or listener.request is None:
             logger.warning("a callback for a lost create named no job id; still waiting")
             return
         listener.uncertain = False  # one adoption per token
         listener.engine.adopt(job_id, listener.request, listener.token)
 
+    # --- what the shared side asks -------------------------------------------------------------
+
+    def accept_forwarded(self, key: bytes, body: bytes | None) -> bool:
+        """Act on a callback another worker forwarded here; False if no token here has ``key``.
+
+        The digest is compared in constant time, as a token is; the body is a hint, as ever.
+        """
+        listener = self._listeners.get(key)
+        if listener is None or not hmac.compare_digest(digest(listener.token), key):
+            return False
+        self.accept(listener, body)
+        return True
+
+    def registration(self, key: bytes) -> Registration | None:
+        """Return what the token of digest ``key`` stands for, ``None`` if it is not live."""
+        listener = self._listeners.get(key)
+        return None if listener is None else listener.registration()
+
+    def registrations(self) -> Iterator[bytes]:
+        """Return the digests of every live token."""
+        return iter(list(self._listeners))
+
+    def fallback_target(self) -> CallbackTarget | None:
+        """Return the client that confirms jobs whose worker is gone: the oldest one attached."""
+        return self._targets[0] if self._targets else None
+
+    def listen_for(self, token: str, engine: CallbackTarget, record: JobRecord) -> None:
+        """Listen on ``token`` for ``record``, a job taken over from a worker that is gone."""
+        key = digest(token)
+        if key not in self._listeners:
+            self._listeners[key] = _Listener(token, engine)
+            self.bind(token, record)
+
+    def count_received(self) -> None:
+        """Count a callback that named a live token of any worker."""
+        self._received += 1
+
+    def count_rejected(self) -> None:
+        """Count a callback whose token no worker holds."""
+        self._rejected += 1
+
     # --- the engine's side ---------------------------------------------------------------------
+
+    def add_target(self, engine: CallbackTarget) -> None:
+        """Attach a client: it may confirm the jobs of workers that are gone."""
+        if not any(target is engine for target in self._targets):
+            self._targets.append(engine)
 
     def register(self, engine: CallbackTarget, request: ImageToVideo) -> tuple[str, str]:
         """Make a token for a create about to be sent; return it and its callback URL."""
@@ -368,28 +344,44 @@ class CallbackReceiver(ClosedOnExit):
                 "public_url"
             )
         self._expire()
+        self.add_target(engine)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        self._listeners[_digest(token)] = _Listener(token, engine, request)
+        key = digest(token)
+        self._listeners[key] = _Listener(token, engine, request)
+        self._mirror(key)
         return token, f"{base}/{token}"
 
     def bind(self, token: str, record: JobRecord) -> None:
         """Tie ``token`` to the job its create made; a callback that came early is acted on."""
-        listener = self._listeners.get(_digest(token))
+        key = digest(token)
+        listener = self._listeners.get(key)
         if listener is None:
             return
         listener.record = record
-        record.add_done_callback(lambda _record: self.forget(token))
+        self._mirror(key)
+        record.add_done_callback(lambda done: self._release(key, done))
         if listener.hinted and not record.is_terminal:
             self._resolve(listener.engine, record, None)
 
+    def _release(self, key: bytes, record: JobRecord) -> None:
+        listener = self._listeners.get(key)
+        if listener is None or listener.record is not record:
+            return
+        del self._listeners[key]
+        # A job detached by a closing client keeps its shared registration: once this worker is
+        # gone, another one takes its callback over.
+        if record.is_terminal:
+            self._mirror(key)
+
     def keep_uncertain(self, token: str) -> None:
         """Keep listening on a create whose answer was lost, to adopt its job if it calls back."""
-        listener = self._listeners.get(_digest(token))
+        key = digest(token)
+        listener = self._listeners.get(key)
         if listener is None:
             return
         listener.uncertain = True
         listener.since = time.monotonic()
-        if listener.early_id is not None:
+        if listener.early_id is not None and listener.request is not None:
             # The service called back before the create's answer was given up on: adopt now,
             # once (if the id cannot be confirmed, the next callback is waited for).
             early_id, listener.early_id = listener.early_id, None
@@ -400,13 +392,21 @@ class CallbackReceiver(ClosedOnExit):
                 "a lost create was called back before its answer failed, naming no job id; "
                 "waiting for another callback"
             )
+        self._mirror(key)
 
     def forget(self, token: str) -> None:
         """Stop listening on ``token``."""
-        self._listeners.pop(_digest(token), None)
+        key = digest(token)
+        if self._listeners.pop(key, None) is not None:
+            self._mirror(key)
 
     def forget_engine(self, engine: CallbackTarget) -> None:
-        """Drop every token of a client that is closing."""
+        """Drop every token of a client that is closing.
+
+        With a shared registry, the tokens of its unfinished jobs and lost creates stay there:
+        once this worker is gone, a callback for one of them is taken over by another worker.
+        """
+        self._targets = [target for target in self._targets if target is not engine]
         lost = 0
         for key, listener in list(self._listeners.items()):
             if listener.engine is engine:
@@ -415,9 +415,13 @@ class CallbackReceiver(ClosedOnExit):
         if lost:
             logger.warning(
                 "closing with %d creates whose answers were lost and whose jobs were never found; "
-                "a callback for them can no longer be adopted: check your job list",
+                "a callback for them can no longer be adopted here: check your job list",
                 lost,
             )
+
+    def _mirror(self, key: bytes) -> None:
+        if self._workers is not None:
+            self._workers.changed_key(key)
 
     def _expire(self) -> None:
         if len(self._listeners) < 1024 or secrets.randbelow(256):
@@ -425,7 +429,7 @@ class CallbackReceiver(ClosedOnExit):
         limit = time.monotonic() - UNCERTAIN_TTL
         for key, listener in list(self._listeners.items()):
             if listener.uncertain and listener.since < limit:
-                del self._listeners[key]
+                del self._listeners[key]  # its shared registration expires on its own
 
     @property
     def listening(self) -> int:
@@ -434,7 +438,7 @@ class CallbackReceiver(ClosedOnExit):
 
     @property
     def received(self) -> int:
-        """Callbacks that named a live token."""
+        """Callbacks that named a live token (of this worker, or of another one)."""
         return self._received
 
     @property
@@ -444,6 +448,13 @@ class CallbackReceiver(ClosedOnExit):
 
     def statistics(self) -> CallbackStatistics:
         """Return a snapshot of the receiver's figures; later callbacks do not touch it."""
+        workers = self._workers
         return CallbackStatistics(
-            received=self._received, rejected=self._rejected, listening=len(self._listeners)
+            received=self._received,
+            rejected=self._rejected,
+            listening=len(self._listeners),
+            forwarded=0 if workers is None else workers.forwarded,
+            from_other_workers=0 if workers is None else workers.from_others,
+            taken_over=0 if workers is None else workers.taken_over,
+            unavailable=0 if workers is None else workers.unavailable,
         )

@@ -266,13 +266,16 @@ class Link:
         ttl = int(self.heartbeat * 1000)
         while True:
             try:
-                await self.redis.set(key, "1", px=ttl)
+                previous = await self.redis.set(key, "1", px=ttl, get=True)
             except UNREACHABLE as exc:
                 self._lost(exc)
             except RedisError as exc:
                 logger.warning("the heartbeat of worker %s failed: %s", self.worker_id, exc)
             else:
-                if not self._online:
+                # A heartbeat that was not there any more means the server lost its data (a
+                # restart without persistence, too quick for any call to fail): recover as
+                # after an outage, so what lived there is written again.
+                if not self._online or previous is None:
                     await self._recover()
             await anyio.sleep(self.heartbeat / 3 if self._online else _RETRY_EVERY)
 

@@ -25,6 +25,7 @@ from ._core import UNREACHABLE, Keys, Link, check_schema, describe
 from ._jobs import JobView
 from ._lua import Script
 from ._reader import StreamReader
+from ._receiving import CallbackTokens
 from ._spend import SharedSpendCounter, Window
 from ._tokens import TokenRegistry
 
@@ -60,6 +61,18 @@ class SharedState(Link):
         reader = StreamReader(self)
         self.jobs = JobView(self, reader)
         self.tokens = TokenRegistry(self, reader)
+        self._callback_tokens: CallbackTokens | None = None
+
+    def callback_tokens(self) -> CallbackTokens:
+        """Return what a :class:`~shortwan.callbacks.CallbackReceiver` shares through.
+
+        Pass the state itself to the receiver (``CallbackReceiver(shared=state)``); this is the
+        part of it the receiver uses: its tokens mirrored to :attr:`tokens`, callbacks routed
+        to their workers, and the ends of jobs taken over published to :attr:`jobs`.
+        """
+        if self._callback_tokens is None:
+            self._callback_tokens = CallbackTokens(self, self.tokens, self.jobs)
+        return self._callback_tokens
 
     async def spend_counter(
         self,

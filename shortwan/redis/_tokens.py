@@ -17,9 +17,11 @@ from typing import Final, Literal
 import attrs
 from redis.typing import EncodableT
 
+from .._callback_shared import Registration, Route
+from .._callback_wire import UNCERTAIN_TTL
+from .._callback_wire import digest as _digest
 from .._errors import SharedStateError
-from ..callbacks import UNCERTAIN_TTL, _digest
-from ._core import Link
+from ._core import Link, text
 from ._lua import Script
 from ._reader import Entry, StreamReader
 
@@ -59,6 +61,32 @@ return 1
 """
 )
 
+# Route a callback for a token the receiving worker does not hold, in one round trip. KEYS: the
+# token. ARGV: heartbeat prefix, inbox prefix, this worker, whether it may take the token over,
+# digest, body, has-body flag, inbox length, inbox ttl in ms. A live owner gets the body in its
+# inbox; a token whose owner is gone becomes this worker's, atomically, so two workers that get
+# duplicates of one callback do not both take it.
+_ROUTE = Script(
+    """
+local found = redis.call('HMGET', KEYS[1], 'owner', 'kind', 'job')
+local owner = found[1]
+if not owner then return false end
+local kind = found[2] or 'pending'
+local job = found[3] or ''
+if owner == ARGV[3] then return {'held', kind, job} end
+if redis.call('EXISTS', ARGV[1] .. owner) == 1 then
+  local inbox = ARGV[2] .. owner
+  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[8], '*', 'digest', ARGV[5], 'from', ARGV[3],
+    'has_body', ARGV[7], 'body', ARGV[6], 'kind', kind, 'job', job)
+  redis.call('PEXPIRE', inbox, ARGV[9])
+  return {'forwarded', kind, job}
+end
+if ARGV[4] ~= '1' then return {'orphaned', kind, job} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+return {'taken', kind, job}
+"""
+)
+
 
 @attrs.frozen(kw_only=True)
 class TokenEntry:
@@ -86,11 +114,15 @@ class Forwarded:
         digest: the SHA-256 digest of the token (the token itself never leaves its worker).
         body: the callback's body, ``None`` when it was too large to be read.
         sender: the worker that received it.
+        kind: what the registry said the token stood for, when the sender routed it there.
+        job_id: the job the registry tied the token to, if any.
     """
 
     digest: bytes
     body: bytes | None
     sender: str
+    kind: str | None = None
+    job_id: str | None = None
 
 
 class TokenRegistry:
@@ -197,6 +229,67 @@ class TokenRegistry:
         )
         return bool(sent)
 
+    async def route(self, token: str, body: bytes | None, *, take_over: bool) -> Route:
+        """Forward a callback for ``token`` to its live owner, or take the token if it is gone.
+
+        One round trip: the token's registration is read, and the body is put in the owner's
+        inbox if its heartbeat is fresh. If the owner is gone and ``take_over`` is set, this
+        worker becomes the owner (the registration's kind, job and time to live stay).
+
+        Raises:
+            SharedStateError: Redis could not be reached; nothing was forwarded.
+        """
+        keys = self._link.keys
+        found = await self._link.run(
+            _ROUTE,
+            (keys.token(_digest(token)),),
+            (
+                keys.worker(""),
+                keys.inbox(""),
+                self._link.worker_id,
+                1 if take_over else 0,
+                _digest(token).hex(),
+                b"" if body is None else body,
+                0 if body is None else 1,
+                _INBOX_LENGTH,
+                int(_INBOX_TTL * 1000),
+            ),
+        )
+        if not found:
+            return Route(outcome="unknown")
+        outcome, kind, job = (text(part) for part in found)
+        return Route(outcome=outcome, kind=kind, job_id=job or None)  # type: ignore[arg-type]
+
+    async def write(self, entries: list[tuple[bytes, Registration | None]]) -> None:
+        """Write the registrations of many tokens by digest, in one round trip.
+
+        ``None`` drops the token. Each one is held by this worker, for its kind's time to live.
+
+        Raises:
+            SharedStateError: Redis could not be reached; some may have been written.
+        """
+        if not entries:
+            return
+        keys = self._link.keys
+
+        async def write() -> None:
+            async with self._link.redis.pipeline(transaction=False) as pipe:
+                for key, registration in entries:
+                    name = keys.token(key)
+                    if registration is None:
+                        pipe.delete(name)
+                        continue
+                    fields: dict[EncodableT, EncodableT] = {
+                        "owner": self._link.worker_id,
+                        "kind": registration.kind,
+                        "job": registration.job_id or "",
+                    }
+                    pipe.hset(name, mapping=fields)
+                    pipe.pexpire(name, int(_TTL[registration.kind] * 1000))
+                await pipe.execute()
+
+        await self._link.call(write)
+
     def on_forwarded(self, handler: Callable[[Forwarded], None]) -> None:
         """Call ``handler(message)`` in the event loop for every callback forwarded here.
 
@@ -219,6 +312,8 @@ class TokenRegistry:
                     digest=bytes.fromhex(fields[b"digest"].decode()),
                     body=fields.get(b"body", b"") if fields.get(b"has_body") == b"1" else None,
                     sender=fields.get(b"from", b"").decode(errors="replace"),
+                    kind=fields[b"kind"].decode() if b"kind" in fields else None,
+                    job_id=fields.get(b"job", b"").decode(errors="replace") or None,
                 )
             except (KeyError, ValueError):
                 logger.warning("an unreadable forwarded callback was dropped")

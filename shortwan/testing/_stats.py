@@ -69,6 +69,7 @@ class FakeStats:
             "rate_limited": self.rate_limited,
             "rate_limited_by_endpoint": dict(self.rate_limited_by_endpoint),
             "callbacks_sent": self.callbacks_sent,
+            "callbacks_failed": self.callbacks_failed,
             "downloads": len(self.downloads),
             "faults": dict(self.faults),
         }
