@@ -59,6 +59,9 @@ class BatchEngine(Protocol):
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere."""
 
+    async def query_if_due(self, record: JobRecord) -> None:
+        """Ask about a job this task just created, if it is due at once."""
+
     def on_adoption(self, token: str, hook: AdoptionHook) -> None:
         """Run ``hook`` once the lost create behind ``token`` is adopted."""
 
@@ -228,6 +231,8 @@ class Admission:
         item.tracked = True
         self._waiters.add(item.index, record, item)
         await self._budget.settle(cost, record.amount)
+        # A job due at once is asked about here, by its sender: no hand-off to a worker and back.
+        await self._engine.query_if_due(record)
 
     @staticmethod
     def _refused(item: Item, request: ImageToVideo, error: ShortWanError) -> Outcome:

@@ -183,6 +183,10 @@ class Engine:
             )
         return snapshot
 
+    async def query_if_due(self, record: JobRecord) -> None:
+        """Ask about a job just created in this task, if its first query is due at once."""
+        await self._poller.query_if_due(record)
+
     # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
 
     def confirm(self, record: JobRecord) -> None:

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import math
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
 import anyio
 
+from . import _json
 from ._config import Limits, RetryPolicy, Timeouts, is_testing
 from ._convert import CreateData, create_from_data
 from ._errors import (
@@ -39,7 +39,7 @@ from ._errors import (
     TransportError,
     snippet,
 )
-from ._rate import QueryBudget
+from ._rate import QueryBudget, RateLimiter
 from ._retry import AttemptFailed, RetryHook, Retrying, Safety, parse_retry_after
 
 __all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
@@ -95,7 +95,7 @@ def _api_error(
 def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
     """Return the ``data`` object of a successful answer, or raise :class:`AttemptFailed`."""
     try:
-        parsed = json.loads(raw)
+        parsed = _json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         parsed = None
         cause: Exception | None = exc
@@ -273,7 +273,7 @@ class Transport:
                 method,
                 self.base_url + path,
                 params=params,
-                data=None if body is None else json.dumps(body, separators=(",", ":")),
+                data=None if body is None else _json.dumps(body),
                 headers=self._auth if body is None else self._auth_json,
                 timeout=self._attempt_timeout(retrying.remaining()),
                 allow_redirects=False,
@@ -306,19 +306,16 @@ class Transport:
             on_retry=self.on_retry,
             rng=self._rng,
         )
-        send = functools.partial(
-            self._attempt, method, path, params=params, body=body, retrying=retrying
-        )
         budget = None if create else self.query_budget
         if budget is None:
+            send = functools.partial(
+                self._attempt, method, path, params=params, body=body, retrying=retrying
+            )
             return await retrying.call(
                 send, before_attempt=self._before_attempt, after_failure=self._after_failure
             )
-        return await retrying.call(
-            functools.partial(self._paced, budget, send),
-            before_attempt=functools.partial(self._acquire, budget),
-            after_failure=self._after_failure,
-        )
+        paced = functools.partial(self._paced, budget, method, path, params, retrying)
+        return await retrying.call(paced, after_failure=self._after_failure)
 
     async def _before_attempt(self, retrying: Retrying) -> None:
         if self._paused_until > 0:
@@ -326,6 +323,8 @@ class Transport:
 
     async def _acquire(self, budget: QueryBudget, retrying: Retrying) -> None:
         """Wait for the budget's leave to send a query, but never past the call's deadline."""
+        if isinstance(budget, RateLimiter) and budget.try_acquire():
+            return  # granted at once: no deadline to arm
         with anyio.move_on_after(retrying.remaining()) as scope:
             await budget.acquire()
         if scope.cancelled_caught:
@@ -335,12 +334,22 @@ class Transport:
             )
 
     async def _paced(
-        self, budget: QueryBudget, send: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        budget: QueryBudget,
+        method: Literal["GET", "POST"],
+        path: str,
+        params: Mapping[str, str] | None,
+        retrying: Retrying,
     ) -> dict[str, Any]:
-        """Send one query attempt and tell the budget how it went (a 429, or an answer)."""
+        """Send one query attempt once the budget allows it, and tell the budget how it went.
+
+        The wait for the budget is part of the attempt (a refusal to wait past the deadline is
+        raised as it is, never retried), so one coroutine serves each attempt.
+        """
+        await self._acquire(budget, retrying)
         sent_at = time.monotonic()
         try:
-            data = await send()
+            data = await self._attempt(method, path, params=params, body=None, retrying=retrying)
         except AttemptFailed as failure:
             if isinstance(failure.error, RateLimitError):
                 retry_after = failure.retry_after
@@ -423,8 +432,10 @@ class Transport:
             )
         return result
 
-    async def query(self, job_id: str) -> dict[str, Any]:
-        """Query a job and return the answer's ``data``; retried freely, it changes nothing."""
-        return await self._call(
-            "GET", QUERY_PATH, params={"id": job_id}, create=False, job_id=job_id
-        )
+    def query(self, job_id: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Query a job and return the answer's ``data``; retried freely, it changes nothing.
+
+        A plain function returning the call's coroutine (await it): one layer fewer on the
+        poller's path.
+        """
+        return self._call("GET", QUERY_PATH, params={"id": job_id}, create=False, job_id=job_id)

@@ -39,6 +39,9 @@ logger = logging.getLogger("shortwan")
 
 # Jobs due this close together are asked about in one go: one wake-up for a burst.
 _SLACK = 0.005
+# The ``due`` of a job that is due now and not yet handed to anyone: the task that created it may
+# still take it (see :meth:`Poller.query_if_due`); otherwise the poller's next flush does.
+_DUE_NOW = -math.inf
 # A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
 _MAX_FINAL_ERRORS = 3
 
@@ -141,7 +144,14 @@ class Poller:
         self._seq = itertools.count()
         self._ready: deque[JobRecord] = deque()
         self._idle: deque[asyncio.Future[JobRecord]] = deque()
+        # Queries under way, in the workers and in the tasks that ask for themselves: never more
+        # than max_concurrent_queries together.
+        self._in_flight = 0
+        # Jobs due now, not yet handed out; one flush per burst of them (see _hold).
+        self._due_now: list[JobRecord] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         # Created inside the loop by run(); schedule() before then only fills the heap.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._queries_sent = 0
 
@@ -167,10 +177,9 @@ class Poller:
             if delay <= _SLACK:
                 record.recheck = True
             return
-        if delay <= _SLACK and self._wake is not None:
-            # Due now: straight to a worker, no trip through the heap and the loop.
-            record.due = math.inf
-            self._dispatch(record)
+        if delay <= _SLACK and self._loop is not None:
+            # Due now: no trip through the heap and the loop's timer.
+            self._hold(record)
             return
         due = time.monotonic() + max(delay, 0.0)
         if due >= record.due:
@@ -218,10 +227,20 @@ class Poller:
         job itself, an idle one is handed a job directly, so no worker wakes for nothing and no
         task is created per query.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         for _ in range(self.policy.max_concurrent_queries):
             task_group.start_soon(self._worker, name="shortwan-query")
+        try:
+            await self._serve(loop)
+        finally:
+            self._loop = None  # stopped: what is scheduled from now on only waits in the heap
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._wake is not None  # noqa: S101 - made by run()
         heap = self._heap
         while True:
             horizon = time.monotonic() + _SLACK
@@ -241,28 +260,102 @@ class Poller:
             finally:
                 timer.cancel()
 
+    def _hold(self, record: JobRecord) -> None:
+        """Mark ``record`` due now, to be asked about within ``_SLACK``.
+
+        The task that made the job may take it at once (:meth:`query_if_due`); whatever is
+        left is handed to the workers by one timer for the whole burst. A timer, not a callback
+        for the next loop iteration: a burst whose jobs are all taken costs no extra iteration.
+        """
+        if record.due == _DUE_NOW:
+            return
+        record.due = _DUE_NOW
+        self._due_now.append(record)
+        if self._flush_timer is None:
+            assert self._loop is not None  # noqa: S101 - only called once run() started
+            self._flush_timer = self._loop.call_later(_SLACK, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        due_now, self._due_now = self._due_now, []
+        for record in due_now:
+            if record.due != _DUE_NOW:
+                continue  # taken by its own task meanwhile, or planned again
+            record.due = math.inf
+            if not record.is_terminal and record.state is not JobState.DETACHED:
+                self._dispatch(record)
+
     def _dispatch(self, record: JobRecord) -> None:
         record.querying = True
-        idle = self._idle
-        while idle:
-            handoff = idle.popleft()
-            if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
-                handoff.set_result(record)
-                return
+        if self._in_flight < self.policy.max_concurrent_queries:
+            idle = self._idle
+            while idle:
+                handoff = idle.popleft()
+                if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
+                    self._in_flight += 1
+                    handoff.set_result(record)
+                    return
         self._ready.append(record)
+
+    def _hand_on(self) -> None:
+        """Give waiting jobs to idle workers, now that a query slot is free."""
+        ready, idle = self._ready, self._idle
+        while ready and idle and self._in_flight < self.policy.max_concurrent_queries:
+            handoff = idle.popleft()
+            if not handoff.done():
+                self._in_flight += 1
+                handoff.set_result(ready.popleft())
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         ready, idle = self._ready, self._idle
+        limit = self.policy.max_concurrent_queries
         while True:
-            if ready:
+            if ready and self._in_flight < limit:
                 record = ready.popleft()
+                self._in_flight += 1
             else:
                 handoff: asyncio.Future[JobRecord] = loop.create_future()
                 idle.append(handoff)
-                record = await handoff
-            # The transport paces every query attempt through the client's query budget.
+                record = await handoff  # counted in flight by whoever handed it over
+            try:
+                # The transport paces every query attempt through the client's query budget.
+                await self._ask(record)
+            finally:
+                self._in_flight -= 1
+
+    async def query_if_due(self, record: JobRecord) -> None:
+        """Ask about ``record`` in the calling task if it is due now and a query slot is free.
+
+        A batch's sender calls this right after it created the job: a job done at once (or whose
+        first query is due at once) is then asked about with no hand-off to a worker and back.
+        It takes the job under the same bookkeeping as a worker (``querying``, the slots of
+        ``max_concurrent_queries``), so a job never has two queries in flight. A job that is not
+        due now, or is already being asked about, is left to the poller; one that finds every
+        slot taken (or the workers behind on their queue) joins the workers' queue at once.
+        """
+        if record.due != _DUE_NOW or record.querying:
+            return  # not due now, or a worker has it
+        record.due = math.inf
+        if record.is_terminal or record.state is JobState.DETACHED:
+            return
+        if self._ready or self._in_flight >= self.policy.max_concurrent_queries:
+            self._dispatch(record)  # the workers' queue, at once rather than at the flush
+            return
+        record.querying = True
+        self._in_flight += 1
+        try:
             await self._ask(record)
+        except BaseException:
+            # Cancelled mid-query (the batch stopped): the job is still tracked, so a worker
+            # asks again.
+            if record.querying:
+                record.querying = False
+                self.schedule(record, 0.0)
+            raise
+        finally:
+            self._in_flight -= 1
+            self._hand_on()
 
     async def _ask(self, record: JobRecord) -> None:
         try:

@@ -44,6 +44,10 @@ class JobState(enum.Enum):
     DETACHED = "detached"
     """The client stopped tracking the job (it was closed); collect it by id with ``attach``."""
 
+    # Members compare by identity, so they may hash by it: the counts and the terminal set are
+    # looked up several times per job, and Enum's own hash is a Python call each time.
+    __hash__ = object.__hash__
+
     @property
     def is_terminal(self) -> bool:
         """Whether the job has ended on the service."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from . import _json
 from ._aio import ClosedOnExit
 from ._convert import snapshot_from_data
 from ._errors import ConfigurationError, MalformedResponseError
@@ -114,7 +114,7 @@ class _Listener:
 def _payload(body: bytes) -> dict[str, Any] | None:
     """Return the job data of a callback body: an envelope's ``data``, or a bare object."""
     try:
-        parsed = json.loads(body)
+        parsed = _json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(parsed, dict):
