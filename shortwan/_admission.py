@@ -62,6 +62,10 @@ class BatchEngine(Protocol):
     async def query_if_due(self, record: JobRecord) -> None:
         """Ask about a job this task just created, if it is due at once."""
 
+    @property
+    def connection_limit(self) -> int | None:
+        """How many requests the client can have on the wire at once (``None``: no limit)."""
+
     def on_adoption(self, token: str, hook: AdoptionHook) -> None:
         """Run ``hook`` once the lost create behind ``token`` is adopted."""
 

@@ -1,9 +1,10 @@
 """Bulk generation: the core of a batch, a bounded window of items, their outcomes, stopping.
 
-A few senders pull a request from the input only when a slot of the window is free and hand it to
-:class:`~shortwan._admission.Admission`; every job then waits as a record in the table (no task
-per job) and in the batch's :class:`~shortwan._waiters.Waiters`; its outcome is pushed to the
-consumer by a done-callback, through the ledger and the download folder when the batch has them.
+Senders (one per slot, up to what the connection pool carries) pull a request from the input
+only when a slot of the window is free and hand it to :class:`~shortwan._admission.Admission`;
+every job then waits as a record in the table (no task per job) and in the batch's
+:class:`~shortwan._waiters.Waiters`; its outcome is pushed to the consumer by a done-callback,
+through the ledger and the download folder when the batch has them.
 One failure never stops the others. Stopping (the consumer broke out or was cancelled) ends
 admission; jobs already created stay in the table, logged by id.
 """
@@ -35,15 +36,23 @@ from ._spend import SpendCounter
 from ._table import JobRecord, JobState
 from ._waiters import Waiters
 
-__all__ = ["Batch", "RequestSource"]
+__all__ = ["Batch", "RequestSource", "sender_count"]
 
 logger = logging.getLogger("shortwan")
 
 RequestSource: TypeAlias = "Iterable[RequestItem] | AsyncIterable[RequestItem]"
 
-# Creates are few and short next to the jobs themselves: a handful of senders keep the service
-# busy without holding one task per job.
-_MAX_SENDERS = 32
+# One sender per slot of the window, but no more than the connection pool carries at once:
+# each sender has at most one request on the wire (its create, or the first query it asks
+# itself), and more senders would only wait inside aiohttp for a connection. This bounds the
+# tasks when the pool has no limit: one task per sender, never one per job.
+_MAX_SENDERS = 1024
+
+
+def sender_count(concurrency: int, connections: int | None) -> int:
+    """Return how many senders a batch of ``concurrency`` runs over ``connections``."""
+    count = min(concurrency, _MAX_SENDERS)
+    return count if connections is None else max(1, min(count, connections))
 
 
 class Batch:
@@ -174,8 +183,9 @@ class Batch:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     tg.start_soon(self._waiters.watch_deadlines, self._timed_out)
+                    count = sender_count(self._concurrency, self._engine.connection_limit)
                     async with anyio.create_task_group() as senders:
-                        for _ in range(min(self._concurrency, _MAX_SENDERS)):
+                        for _ in range(count):
                             senders.start_soon(self._sender)
                     self._feeding = False
                     self._maybe_finish()

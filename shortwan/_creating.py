@@ -89,7 +89,8 @@ class Creator:
 
         ``inline=True`` runs the create in the calling task, under the anyio shield alone: for
         callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
-        it saves a task per create.
+        it saves a task per create. Such a caller learns of a cancellation that came during the
+        create at its next wait rather than on return.
         """
         self._ensure_running()
         self._refuse_if_closing()
@@ -130,11 +131,10 @@ class Creator:
             raise
         # From here _send owns the slot and the token, and lets go of them if it fails.
         if inline:
-            with anyio.CancelScope(shield=True):
-                record = await sending
             # An inline caller (an engine task) cancelled meanwhile learns of it at its next
             # wait, where anyio delivers it: the job is in the table already.
-            return record
+            with anyio.CancelScope(shield=True):
+                return await sending
         task = asyncio.get_running_loop().create_task(sending)
         self._creating.add(task)
         task.add_done_callback(self._created)

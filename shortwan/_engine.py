@@ -183,6 +183,11 @@ class Engine:
             )
         return snapshot
 
+    @property
+    def connection_limit(self) -> int | None:
+        """How many requests the client can have on the wire at once (``None``: no limit)."""
+        return self.transport.connection_limit
+
     async def query_if_due(self, record: JobRecord) -> None:
         """Ask about a job just created in this task, if its first query is due at once."""
         await self._poller.query_if_due(record)

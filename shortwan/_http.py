@@ -204,6 +204,21 @@ class Transport:
         """Whether :meth:`aclose` was called."""
         return self._closed
 
+    @property
+    def connection_limit(self) -> int | None:
+        """How many requests can be on the wire to the API at once (``None``: no limit).
+
+        The smaller of the pool's per-host and total limits: the borrowed session's own pool,
+        else :class:`~shortwan.Limits`. A request past it waits for a pooled connection (never
+        counted as sent: see :meth:`_client_timeout`).
+        """
+        limits = (self.limits.max_connections, self.limits.max_connections_per_host)
+        if not self._owns_session and self._session is not None:
+            connector = self._session.connector
+            limits = (0, 0) if connector is None else (connector.limit, connector.limit_per_host)
+        bounded = [n for n in limits if n > 0]
+        return min(bounded) if bounded else None
+
     def session(self) -> aiohttp.ClientSession:
         """Return the session, creating it inside the running loop on first use."""
         if self._closed:

@@ -17,7 +17,9 @@ library, the body is read by the standard library instead, so the two paths agre
 
 Writing: orjson writes non-ASCII text as UTF-8 where the standard library escapes it, the same
 JSON value either way; what orjson cannot write (lone surrogates, integers past 64 bits) is
-written by the standard library.
+written by the standard library. One difference is left: orjson writes NaN and the infinities as
+``null``, the standard library as ``NaN``/``Infinity`` (which is not JSON). No request body holds
+a float, so nothing the client sends differs by it (tests/test_speed.py checks all of this).
 """
 
 from __future__ import annotations
