@@ -33,7 +33,7 @@ from ._errors import (
 from ._models import ImageToVideo, JobSnapshot
 from ._table import JobRecord, JobState, JobTable, state_for
 
-__all__ = ["DurationModel", "Poller", "PollerStatistics"]
+__all__ = ["DurationModel", "Poller", "PollerStatistics", "QueryWorkers"]
 
 logger = logging.getLogger("shortwan")
 
@@ -124,6 +124,87 @@ def _server_duration(snapshot: JobSnapshot | None) -> float | None:
 Query = Callable[[str], Awaitable[JobSnapshot]]
 
 
+class QueryWorkers:
+    """The queries of one poller in flight: at most ``limit`` at once, counted together whether a
+    worker sends them or a task that asks for itself (:meth:`Poller.query_if_due`).
+
+    A job handed over is marked ``querying`` and is then in exactly one place: an idle worker's
+    hand-off, the ``ready`` queue, or a query under way. A busy worker takes the next ready job
+    itself; an idle one is handed a job directly, so no worker wakes for nothing and no task is
+    created per query.
+
+    Args:
+        limit: queries in flight at most (``PollPolicy.max_concurrent_queries``).
+        ask: sends one query and applies its answer.
+    """
+
+    def __init__(self, *, limit: int, ask: Callable[[JobRecord], Awaitable[None]]) -> None:
+        self._limit = limit
+        self._ask = ask
+        self._ready: deque[JobRecord] = deque()
+        self._idle: deque[asyncio.Future[JobRecord]] = deque()
+        self._in_flight = 0
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a query may start now without passing a job already waiting."""
+        return not self._ready and self._in_flight < self._limit
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Start the workers in ``task_group``; they run until it is cancelled."""
+        for _ in range(self._limit):
+            task_group.start_soon(self._worker, name="shortwan-query")
+
+    def dispatch(self, record: JobRecord) -> None:
+        """Have ``record`` asked about by a worker, as soon as one and a slot are free."""
+        record.querying = True
+        if self._in_flight < self._limit:
+            idle = self._idle
+            while idle:
+                handoff = idle.popleft()
+                if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
+                    self._in_flight += 1
+                    handoff.set_result(record)
+                    return
+        self._ready.append(record)
+
+    async def ask_here(self, record: JobRecord) -> None:
+        """Ask about ``record`` in the calling task, in one of the slots (see :attr:`has_room`)."""
+        record.querying = True
+        self._in_flight += 1
+        try:
+            await self._ask(record)
+        finally:
+            self._in_flight -= 1
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give waiting jobs to idle workers, now that a slot is free."""
+        ready, idle = self._ready, self._idle
+        while ready and idle and self._in_flight < self._limit:
+            handoff = idle.popleft()
+            if not handoff.done():
+                self._in_flight += 1
+                handoff.set_result(ready.popleft())
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready, idle = self._ready, self._idle
+        while True:
+            if ready and self._in_flight < self._limit:
+                record = ready.popleft()
+                self._in_flight += 1
+            else:
+                handoff: asyncio.Future[JobRecord] = loop.create_future()
+                idle.append(handoff)
+                record = await handoff  # counted in flight by whoever handed it over
+            try:
+                # The transport paces every query attempt through the client's query budget.
+                await self._ask(record)
+            finally:
+                self._in_flight -= 1
+
+
 class Poller:
     """Asks the service about every tracked job that is not finished, on one shared schedule."""
 
@@ -142,11 +223,7 @@ class Poller:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
-        self._ready: deque[JobRecord] = deque()
-        self._idle: deque[asyncio.Future[JobRecord]] = deque()
-        # Queries under way, in the workers and in the tasks that ask for themselves: never more
-        # than max_concurrent_queries together.
-        self._in_flight = 0
+        self._workers = QueryWorkers(limit=policy.max_concurrent_queries, ask=self._ask)
         # Jobs due now, not yet handed out; one flush per burst of them (see _hold).
         self._due_now: list[JobRecord] = []
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -223,14 +300,11 @@ class Poller:
 
         One loop sleeps until the earliest due time (or until an earlier one is scheduled) and
         takes every job due by then, give or take ``_SLACK``, so a burst of jobs costs one wake-up.
-        ``max_concurrent_queries`` workers send the queries: a busy worker takes the next ready
-        job itself, an idle one is handed a job directly, so no worker wakes for nothing and no
-        task is created per query.
+        ``max_concurrent_queries`` workers send the queries (see :class:`QueryWorkers`).
         """
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        for _ in range(self.policy.max_concurrent_queries):
-            task_group.start_soon(self._worker, name="shortwan-query")
+        self._workers.start(task_group)
         try:
             await self._serve(loop)
         finally:
@@ -286,43 +360,7 @@ class Poller:
                 self._dispatch(record)
 
     def _dispatch(self, record: JobRecord) -> None:
-        record.querying = True
-        if self._in_flight < self.policy.max_concurrent_queries:
-            idle = self._idle
-            while idle:
-                handoff = idle.popleft()
-                if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
-                    self._in_flight += 1
-                    handoff.set_result(record)
-                    return
-        self._ready.append(record)
-
-    def _hand_on(self) -> None:
-        """Give waiting jobs to idle workers, now that a query slot is free."""
-        ready, idle = self._ready, self._idle
-        while ready and idle and self._in_flight < self.policy.max_concurrent_queries:
-            handoff = idle.popleft()
-            if not handoff.done():
-                self._in_flight += 1
-                handoff.set_result(ready.popleft())
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready, idle = self._ready, self._idle
-        limit = self.policy.max_concurrent_queries
-        while True:
-            if ready and self._in_flight < limit:
-                record = ready.popleft()
-                self._in_flight += 1
-            else:
-                handoff: asyncio.Future[JobRecord] = loop.create_future()
-                idle.append(handoff)
-                record = await handoff  # counted in flight by whoever handed it over
-            try:
-                # The transport paces every query attempt through the client's query budget.
-                await self._ask(record)
-            finally:
-                self._in_flight -= 1
+        self._workers.dispatch(record)
 
     async def query_if_due(self, record: JobRecord) -> None:
         """Ask about ``record`` in the calling task if it is due now and a query slot is free.
@@ -339,23 +377,17 @@ class Poller:
         record.due = math.inf
         if record.is_terminal or record.state is JobState.DETACHED:
             return
-        if self._ready or self._in_flight >= self.policy.max_concurrent_queries:
+        if not self._workers.has_room:
             self._dispatch(record)  # the workers' queue, at once rather than at the flush
             return
-        record.querying = True
-        self._in_flight += 1
         try:
-            await self._ask(record)
+            await self._workers.ask_here(record)
         except BaseException:
-            # Cancelled mid-query (the batch stopped): the job is still tracked, so a worker
-            # asks again.
-            if record.querying:
-                record.querying = False
-                self.schedule(record, 0.0)
+            # Cancelled while waiting for the answer (the batch stopped; nothing else leaves
+            # _ask with an exception): the job is still tracked, so a worker asks again.
+            record.querying = False
+            self.schedule(record, 0.0)
             raise
-        finally:
-            self._in_flight -= 1
-            self._hand_on()
 
     async def _ask(self, record: JobRecord) -> None:
         try:
