@@ -59,8 +59,8 @@ class BatchEngine(Protocol):
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere."""
 
-    async def query_if_due(self, record: JobRecord) -> None:
-        """Ask about a job this task just created, if it is due at once."""
+    def query_if_due(self, record: JobRecord) -> Awaitable[None]:
+        """Ask about a job this task just created, if it is due at once (await the result)."""
 
     @property
     def connection_limit(self) -> int | None:
@@ -152,6 +152,8 @@ class Admission:
 
     def _unpack(self, item: Item, raw: RequestItem) -> ImageToVideo:
         """Return the item's request, with its key and output on ``item``."""
+        if type(raw) is ImageToVideo:
+            return raw  # the common case: no key, and no output name to check
         if isinstance(raw, BatchItem):
             item.key, item.output, raw = raw.key, raw.output, raw.request
         elif isinstance(raw, Mapping) and ("key" in raw or "output" in raw):

@@ -108,6 +108,8 @@ class Batch:
         self._send: MemoryObjectSendStream[Outcome]
         self.receive: MemoryObjectReceiveStream[Outcome]
         self._send, self.receive = anyio.create_memory_object_stream[Outcome](concurrency)
+        # Set when an outcome lands in the stream or the stream ends (see wait_for_outcome).
+        self._outcome_ready: anyio.Event | None = None
         self._cancel = anyio.CancelScope()
         self._stopped = False
         self._outstanding = 0
@@ -136,6 +138,21 @@ class Batch:
     def in_flight(self) -> list[str]:
         """The ids of this batch's jobs whose outcome has not been delivered."""
         return self._waiters.job_ids
+
+    async def wait_for_outcome(self) -> None:
+        """Return once :attr:`receive` holds an outcome or has ended.
+
+        The consumer calls this when the stream is empty, instead of the stream's own
+        ``receive()``, which first takes a trip through the event loop before it waits: an
+        outcome then costs one wake-up of the consumer, not two.
+        """
+        self._outcome_ready = ready = anyio.Event()
+        await ready.wait()
+
+    def _wake_consumer(self) -> None:
+        ready, self._outcome_ready = self._outcome_ready, None
+        if ready is not None:
+            ready.set()
 
     def release_slot(self) -> None:
         """Free one admission slot; the consumer calls it for every outcome it takes."""
@@ -205,6 +222,7 @@ class Batch:
                     "not sent"
                 )
             self._send.close()
+            self._wake_consumer()
             self.finished.set()
             if self._async_items is not None:
                 aclose = getattr(self._async_items, "aclose", None)
@@ -326,11 +344,13 @@ class Batch:
                 self._send.send_nowait(outcome)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return  # the consumer is gone; the job stays in the table
+            self._wake_consumer()
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
         if not self._feeding and self._outstanding == 0:
             self._send.close()
+            self._wake_consumer()
             self._cancel.cancel()
 
 

@@ -207,7 +207,7 @@ def _plain_fields(data: object) -> dict[str, Any] | None:
     }
 
 
-def _snapshot(fields: dict[str, Any], ident: str) -> JobSnapshot:
+def _snapshot(fields: Mapping[str, Any], ident: str) -> JobSnapshot:
     """Build the snapshot of a query answer from its fields (the ones of :class:`QueryData`)."""
     error = fields["error"]
     if error is not None and not isinstance(error, str):
@@ -240,7 +240,7 @@ def create_from_data(data: object) -> tuple[CreateData, str | None]:
     Raises:
         MalformedResponseError: no plausible job id in the answer.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise MalformedResponseError(
             "malformed create answer: data is not an object",
             body=snippet(repr(data)),
@@ -292,12 +292,12 @@ def _result_urls(result: object) -> tuple[str, ...]:
     """Find the result URLs: ``videos``, then ``images``, then ``url`` or ``video_url``."""
     if isinstance(result, str):
         return (result,) if result else ()
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):
         return ()
     for key in ("videos", "images"):
         items = result.get(key)
         if isinstance(items, list) and items:
-            urls = tuple(u for u in (_item_url(i) for i in items) if u)
+            urls = tuple([u for u in map(_item_url, items) if u])
             if urls:
                 return urls
     for key in ("url", "video_url"):

@@ -188,9 +188,12 @@ class Engine:
         """How many requests the client can have on the wire at once (``None``: no limit)."""
         return self.transport.connection_limit
 
-    async def query_if_due(self, record: JobRecord) -> None:
-        """Ask about a job just created in this task, if its first query is due at once."""
-        await self._poller.query_if_due(record)
+    def query_if_due(self, record: JobRecord) -> Coroutine[Any, Any, None]:
+        """Ask about a job just created in this task, if its first query is due at once.
+
+        Returns the poller's coroutine, to await: no layer of its own on the hot path.
+        """
+        return self._poller.query_if_due(record)
 
     # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
 

@@ -295,13 +295,14 @@ class Transport:
             ) as response:
                 raw = await response.read()
                 status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                header = response.headers.get("Retry-After")
+                retry_after = None if header is None else parse_retry_after(header)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             failure = _client_error(exc, self.timeouts)
             raise failure from exc
         return decode_envelope(status, raw, retry_after)
 
-    async def _call(
+    def _call(
         self,
         method: Literal["GET", "POST"],
         path: str,
@@ -310,8 +311,11 @@ class Transport:
         body: Mapping[str, Any] | None = None,
         create: bool,
         job_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Send one call with retries and return its ``data``; raise the SDK error on failure."""
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Send one call with retries and return its ``data``; raise the SDK error on failure.
+
+        Returns the retries' coroutine, to await: no coroutine of its own per call.
+        """
         retrying = Retrying(
             self.retry,
             operation="create" if create else "query",
@@ -326,11 +330,11 @@ class Transport:
             send = functools.partial(
                 self._attempt, method, path, params=params, body=body, retrying=retrying
             )
-            return await retrying.call(
+            return retrying.call(
                 send, before_attempt=self._before_attempt, after_failure=self._after_failure
             )
         paced = functools.partial(self._paced, budget, method, path, params, retrying)
-        return await retrying.call(paced, after_failure=self._after_failure)
+        return retrying.call(paced, after_failure=self._after_failure)
 
     async def _before_attempt(self, retrying: Retrying) -> None:
         if self._paused_until > 0:

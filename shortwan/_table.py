@@ -281,7 +281,8 @@ class JobTable:
             if charge is not None:
                 record.counted = charge
                 self._committed += charge
-        self._emit(record, None)
+        if self._subscribers:
+            self._emit(record, None)
         if record.is_terminal:
             self._remember_finished(record)
         return record
@@ -319,7 +320,8 @@ class JobTable:
                 self._refunded += record.counted
             self._remember_finished(record)
             self._wake(record)
-        self._emit(record, previous)
+        if self._subscribers:
+            self._emit(record, previous)
 
     def detach(self, record: JobRecord) -> None:
         """Stop tracking an unfinished job (the client is closing) and wake its waiters."""
