@@ -63,8 +63,8 @@ class BatchEngine(Protocol):
         """Ask about a job this task just created, if it is due at once (await the result)."""
 
     @property
-    def connection_limit(self) -> int | None:
-        """How many requests the client can have on the wire at once (``None``: no limit)."""
+    def create_room(self) -> int | None:
+        """How many creates a batch should have on the wire at once (``None``: no limit)."""
 
     def on_adoption(self, token: str, hook: AdoptionHook) -> None:
         """Run ``hook`` once the lost create behind ``token`` is adopted."""

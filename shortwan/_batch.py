@@ -42,17 +42,18 @@ logger = logging.getLogger("shortwan")
 
 RequestSource: TypeAlias = "Iterable[RequestItem] | AsyncIterable[RequestItem]"
 
-# One sender per slot of the window, but no more than the connection pool carries at once:
-# each sender has at most one request on the wire (its create, or the first query it asks
-# itself), and more senders would only wait inside aiohttp for a connection. This bounds the
-# tasks when the pool has no limit: one task per sender, never one per job.
+# One sender per slot of the window, but no more than the connection pool has room for beside
+# the poller's queries (the engine's create_room): each sender has at most one request on the
+# wire (its create, or the first query it asks itself), and more senders would only wait inside
+# aiohttp for a connection. This bounds the tasks when the pool has no limit: one task per
+# sender, never one per job.
 _MAX_SENDERS = 1024
 
 
-def sender_count(concurrency: int, connections: int | None) -> int:
-    """Return how many senders a batch of ``concurrency`` runs over ``connections``."""
+def sender_count(concurrency: int, room: int | None) -> int:
+    """Return how many senders a batch of ``concurrency`` runs with ``room`` for creates."""
     count = min(concurrency, _MAX_SENDERS)
-    return count if connections is None else max(1, min(count, connections))
+    return count if room is None else max(1, min(count, room))
 
 
 class Batch:
@@ -200,7 +201,7 @@ class Batch:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     tg.start_soon(self._waiters.watch_deadlines, self._timed_out)
-                    count = sender_count(self._concurrency, self._engine.connection_limit)
+                    count = sender_count(self._concurrency, self._engine.create_room)
                     async with anyio.create_task_group() as senders:
                         for _ in range(count):
                             senders.start_soon(self._sender)

@@ -184,9 +184,18 @@ class Engine:
         return snapshot
 
     @property
-    def connection_limit(self) -> int | None:
-        """How many requests the client can have on the wire at once (``None``: no limit)."""
-        return self.transport.connection_limit
+    def create_room(self) -> int | None:
+        """How many creates a batch should have on the wire at once (``None``: no limit).
+
+        What the connection pool leaves beside the poller's queries, and at least half of the
+        pool: each of a batch's senders has one request out at a time, and a request past the
+        pool only waits inside aiohttp for a connection (and costs CPU while it does).
+        """
+        connections = self.transport.connection_limit
+        if connections is None:
+            return None
+        beside_queries = connections - self.poll.max_concurrent_queries
+        return max(beside_queries, connections // 2, 1)
 
     def query_if_due(self, record: JobRecord) -> Coroutine[Any, Any, None]:
         """Ask about a job just created in this task, if its first query is due at once.
