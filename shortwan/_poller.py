@@ -40,7 +40,7 @@ logger = logging.getLogger("shortwan")
 # Jobs due this close together are asked about in one go: one wake-up for a burst.
 _SLACK = 0.005
 # The ``due`` of a job that is due now and not yet handed to anyone: the task that created it may
-# still take it (see :meth:`Poller.query_if_due`); otherwise the poller's next flush does.
+# still take it (see :meth:`Poller.query_if_due`); otherwise the burst's flush hands it out.
 _DUE_NOW = -math.inf
 # A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
 _MAX_FINAL_ERRORS = 3
@@ -255,7 +255,7 @@ class Poller:
                 record.recheck = True
             return
         if delay <= _SLACK and self._loop is not None:
-            # Due now: no trip through the heap and the loop's timer.
+            # Due now: for the task that made it to take, else for the workers within _SLACK.
             self._hold(record)
             return
         due = time.monotonic() + max(delay, 0.0)
@@ -305,16 +305,6 @@ class Poller:
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._workers.start(task_group)
-        try:
-            await self._serve(loop)
-        finally:
-            self._loop = None  # stopped: what is scheduled from now on only waits in the heap
-            if self._flush_timer is not None:
-                self._flush_timer.cancel()
-                self._flush_timer = None
-
-    async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._wake is not None  # noqa: S101 - made by run()
         heap = self._heap
         while True:
             horizon = time.monotonic() + _SLACK
@@ -345,9 +335,10 @@ class Poller:
             return
         record.due = _DUE_NOW
         self._due_now.append(record)
-        if self._flush_timer is None:
-            assert self._loop is not None  # noqa: S101 - only called once run() started
-            self._flush_timer = self._loop.call_later(_SLACK, self._flush)
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - only called once run() started
+        if self._flush_timer is None and not loop.is_closed():
+            self._flush_timer = loop.call_later(_SLACK, self._flush)
 
     def _flush(self) -> None:
         self._flush_timer = None
