@@ -1,10 +1,10 @@
 """Bulk generation: the core of a batch, a bounded window of items, their outcomes, stopping.
 
-Senders (one per slot, up to what the connection pool carries) pull a request from the input
-only when a slot of the window is free and hand it to :class:`~shortwan._admission.Admission`;
-every job then waits as a record in the table (no task per job) and in the batch's
-:class:`~shortwan._waiters.Waiters`; its outcome is pushed to the consumer by a done-callback,
-through the ledger and the download folder when the batch has them.
+Senders (one per slot, up to the room the connection pool leaves for creates) pull a request
+from the input only when a slot of the window is free and hand it to
+:class:`~shortwan._admission.Admission`; every job then waits as a record in the table (no task
+per job) and in the batch's :class:`~shortwan._waiters.Waiters`; its outcome is pushed to the
+consumer by a done-callback, through the ledger and the download folder when the batch has them.
 One failure never stops the others. Stopping (the consumer broke out or was cancelled) ends
 admission; jobs already created stay in the table, logged by id.
 """
