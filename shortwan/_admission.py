@@ -60,6 +60,13 @@ class BatchEngine(Protocol):
     def attach(self, job_id: str) -> JobRecord:
         """Track a job created elsewhere."""
 
+    def query_if_due(self, record: JobRecord) -> Awaitable[None]:
+        """Ask about a job this task just created, if it is due at once (await the result)."""
+
+    @property
+    def create_room(self) -> int | None:
+        """How many creates a batch should have on the wire at once (``None``: no limit)."""
+
     def on_adoption(self, token: str, hook: AdoptionHook) -> None:
         """Run ``hook`` once the lost create behind ``token`` is adopted."""
 
@@ -153,6 +160,8 @@ class Admission:
 
     def _unpack(self, item: Item, raw: RequestItem) -> ImageToVideo:
         """Return the item's request, with its key and output on ``item``."""
+        if type(raw) is ImageToVideo:
+            return raw  # the common case: no key, and no output name to check
         if isinstance(raw, BatchItem):
             item.key, item.output, raw = raw.key, raw.output, raw.request
         elif isinstance(raw, Mapping) and ("key" in raw or "output" in raw):
@@ -236,6 +245,8 @@ class Admission:
         item.tracked = True
         self._waiters.add(item.index, record, item)
         await self._budget.settle(cost, record.amount)
+        # A job due at once is asked about here, by its sender: no hand-off to a worker and back.
+        await self._engine.query_if_due(record)
 
     @staticmethod
     def _refused(item: Item, request: ImageToVideo, error: ShortWanError) -> Outcome:

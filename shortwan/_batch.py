@@ -1,6 +1,7 @@
 """Bulk generation: the core of a batch, a bounded window of items, their outcomes, stopping.
 
-A few senders pull a request from the input only when a slot of the window is free and hand it to
+Senders (one per slot, up to the room the connection pool leaves for creates) pull a request
+from the input only when a slot of the window is free and hand it to
 :class:`~shortwan._admission.Admission`; every job then waits as a record in the table (no task
 per job) and in the batch's :class:`~shortwan._waiters.Waiters`; its outcome is pushed to the
 consumer by a done-callback, through the ledger and the download folder when the batch has them.
@@ -35,15 +36,24 @@ from ._spend import SpendCounter
 from ._table import JobRecord, JobState
 from ._waiters import Waiters
 
-__all__ = ["Batch", "RequestSource"]
+__all__ = ["Batch", "RequestSource", "sender_count"]
 
 logger = logging.getLogger("shortwan")
 
 RequestSource: TypeAlias = "Iterable[RequestItem] | AsyncIterable[RequestItem]"
 
-# Creates are few and short next to the jobs themselves: a handful of senders keep the service
-# busy without holding one task per job.
-_MAX_SENDERS = 32
+# One sender per slot of the window, but no more than the connection pool has room for beside
+# the poller's queries (the engine's create_room): each sender has at most one request on the
+# wire (its create, or the first query it asks itself), and more senders would only wait inside
+# aiohttp for a connection. This bounds the tasks when the pool has no limit: one task per
+# sender, never one per job.
+_MAX_SENDERS = 1024
+
+
+def sender_count(concurrency: int, room: int | None) -> int:
+    """Return how many senders a batch of ``concurrency`` runs with ``room`` for creates."""
+    count = min(concurrency, _MAX_SENDERS)
+    return count if room is None else max(1, min(count, room))
 
 
 class Batch:
@@ -99,6 +109,8 @@ class Batch:
         self._send: MemoryObjectSendStream[Outcome]
         self.receive: MemoryObjectReceiveStream[Outcome]
         self._send, self.receive = anyio.create_memory_object_stream[Outcome](concurrency)
+        # Set when an outcome lands in the stream or the stream ends (see wait_for_outcome).
+        self._outcome_ready: anyio.Event | None = None
         self._cancel = anyio.CancelScope()
         self._stopped = False
         self._outstanding = 0
@@ -127,6 +139,21 @@ class Batch:
     def in_flight(self) -> list[str]:
         """The ids of this batch's jobs whose outcome has not been delivered."""
         return self._waiters.job_ids
+
+    async def wait_for_outcome(self) -> None:
+        """Return once :attr:`receive` holds an outcome or has ended.
+
+        The consumer calls this when the stream is empty, instead of the stream's own
+        ``receive()``, which first takes a trip through the event loop before it waits: an
+        outcome then costs one wake-up of the consumer, not two.
+        """
+        self._outcome_ready = ready = anyio.Event()
+        await ready.wait()
+
+    def _wake_consumer(self) -> None:
+        ready, self._outcome_ready = self._outcome_ready, None
+        if ready is not None:
+            ready.set()
 
     def release_slot(self) -> None:
         """Free one admission slot; the consumer calls it for every outcome it takes."""
@@ -174,8 +201,9 @@ class Batch:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     tg.start_soon(self._waiters.watch_deadlines, self._timed_out)
+                    count = sender_count(self._concurrency, self._engine.create_room)
                     async with anyio.create_task_group() as senders:
-                        for _ in range(min(self._concurrency, _MAX_SENDERS)):
+                        for _ in range(count):
                             senders.start_soon(self._sender)
                     self._feeding = False
                     self._maybe_finish()
@@ -195,6 +223,7 @@ class Batch:
                     "not sent"
                 )
             self._send.close()
+            self._wake_consumer()
             self.finished.set()
             if self._async_items is not None:
                 aclose = getattr(self._async_items, "aclose", None)
@@ -316,11 +345,13 @@ class Batch:
                 self._send.send_nowait(outcome)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return  # the consumer is gone; the job stays in the table
+            self._wake_consumer()
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
         if not self._feeding and self._outstanding == 0:
             self._send.close()
+            self._wake_consumer()
             self._cancel.cancel()
 
 

@@ -6,9 +6,9 @@ Shared by the receiver, its HTTP mounts and the Redis token registry (which stor
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Final
 
+from . import _json
 from ._models import job_id_problem
 
 __all__ = [
@@ -43,7 +43,7 @@ def digest(token: str) -> bytes:
 def payload(body: bytes) -> dict[str, Any] | None:
     """Return the job data of a callback body: an envelope's ``data``, or a bare object."""
     try:
-        parsed = json.loads(body)
+        parsed = _json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(parsed, dict):

@@ -389,10 +389,8 @@ class AsyncShortWan(ClosedOnExit):
                 try:
                     outcome = receive.receive_nowait()
                 except anyio.WouldBlock:
-                    try:
-                        outcome = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
+                    await batch.wait_for_outcome()
+                    continue
                 except anyio.EndOfStream:
                     break
                 batch.release_slot()

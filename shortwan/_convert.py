@@ -156,9 +156,6 @@ def request_from_args(args: Mapping[str, Any]) -> ImageToVideo:
     return request
 
 
-_QUERY_TEXT_FIELDS: Final = ("id", "model", "key_name", "created_at", "updated_at", "finished_at")
-
-
 def _plain_query_data(data: object) -> QueryData | None:
     """Read a well-formed query answer without the converter, or return None.
 
@@ -166,18 +163,24 @@ def _plain_query_data(data: object) -> QueryData | None:
     converter's time. Anything unusual returns None and goes through the converter, which reads
     the lenient spellings and names every bad path.
     """
+    fields = _plain_fields(data)
+    return None if fields is None else QueryData(**fields)
+
+
+def _plain_fields(data: object) -> dict[str, Any] | None:
+    """Return the fields of a well-formed query answer, checked as the converter would, or None."""
     if type(data) is not dict:
         return None
-    status = data.get("status")
+    get = data.get
+    status = get("status")
     if type(status) is not int:
         return None
-    for key in _QUERY_TEXT_FIELDS:
-        value = data.get(key)
+    ident, model, key_name = get("id"), get("model"), get("key_name")
+    created_at, updated_at, finished_at = get("created_at"), get("updated_at"), get("finished_at")
+    for value in (ident, model, key_name, created_at, updated_at, finished_at):
         if value is not None and type(value) is not str:
             return None
-    refunded = data.get("refunded")
-    credit = data.get("credit")
-    args = data.get("args")
+    refunded, credit, args = get("refunded"), get("credit"), get("args")
     if (
         (refunded is not None and type(refunded) is not bool)
         or (credit is not None and type(credit) is not str)
@@ -188,19 +191,42 @@ def _plain_query_data(data: object) -> QueryData | None:
         amount = None if credit is None else _structure_decimal(credit, Decimal)
     except (TypeError, ValueError):
         return None
-    return QueryData(
-        status=status,
-        id=data.get("id"),
-        result=data.get("result"),
-        error=data.get("error"),
-        refunded=refunded,
-        credit=amount,
-        model=data.get("model"),
-        args=args,
-        key_name=data.get("key_name"),
-        created_at=data.get("created_at"),
-        updated_at=data.get("updated_at"),
-        finished_at=data.get("finished_at"),
+    return {
+        "status": status,
+        "id": ident,
+        "result": get("result"),
+        "error": get("error"),
+        "refunded": refunded,
+        "credit": amount,
+        "model": model,
+        "args": args,
+        "key_name": key_name,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "finished_at": finished_at,
+    }
+
+
+def _snapshot(fields: Mapping[str, Any], ident: str) -> JobSnapshot:
+    """Build the snapshot of a query answer from its fields (the ones of :class:`QueryData`)."""
+    error = fields["error"]
+    if error is not None and not isinstance(error, str):
+        error = str(error)
+    status = fields["status"]
+    return JobSnapshot(
+        id=ident,
+        status=JobStatus.from_raw(status),
+        raw_status=status,
+        urls=_result_urls(fields["result"]),
+        error=error or None,
+        refunded=fields["refunded"],
+        credit=fields["credit"],
+        model=fields["model"],
+        args=fields["args"],
+        key_name=fields["key_name"],
+        created_at=fields["created_at"],
+        updated_at=fields["updated_at"],
+        finished_at=fields["finished_at"],
     )
 
 
@@ -214,7 +240,7 @@ def create_from_data(data: object) -> tuple[CreateData, str | None]:
     Raises:
         MalformedResponseError: no plausible job id in the answer.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise MalformedResponseError(
             "malformed create answer: data is not an object",
             body=snippet(repr(data)),
@@ -266,12 +292,12 @@ def _result_urls(result: object) -> tuple[str, ...]:
     """Find the result URLs: ``videos``, then ``images``, then ``url`` or ``video_url``."""
     if isinstance(result, str):
         return (result,) if result else ()
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):
         return ()
     for key in ("videos", "images"):
         items = result.get(key)
         if isinstance(items, list) and items:
-            urls = tuple(u for u in (_item_url(i) for i in items) if u)
+            urls = tuple([u for u in map(_item_url, items) if u])
             if urls:
                 return urls
     for key in ("url", "video_url"):
@@ -330,27 +356,12 @@ def snapshot_from_data(data: object, *, job_id: str | None = None) -> JobSnapsho
     Raises:
         MalformedResponseError: ``status`` is missing or not a number, or no job id is known.
     """
-    raw = _plain_query_data(data) or structure_answer(
-        _without_unreadable_extras(data), QueryData, what="query"
-    )
-    ident = raw.id or job_id
+    # The plain reader's fields for a well-formed answer (no QueryData made), else the converter's.
+    fields = _plain_fields(data)
+    if fields is None:
+        read = structure_answer(_without_unreadable_extras(data), QueryData, what="query")
+        fields = attrs.asdict(read, recurse=False)
+    ident = fields["id"] or job_id
     if not ident:
         raise MalformedResponseError("query answer names no job id", body=snippet(repr(data)))
-    error = raw.error
-    if error is not None and not isinstance(error, str):
-        error = str(error)
-    return JobSnapshot(
-        id=ident,
-        status=JobStatus.from_raw(raw.status),
-        raw_status=raw.status,
-        urls=_result_urls(raw.result),
-        error=error or None,
-        refunded=raw.refunded,
-        credit=raw.credit,
-        model=raw.model,
-        args=raw.args,
-        key_name=raw.key_name,
-        created_at=raw.created_at,
-        updated_at=raw.updated_at,
-        finished_at=raw.finished_at,
-    )
+    return _snapshot(fields, ident)

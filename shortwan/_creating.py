@@ -89,7 +89,8 @@ class Creator:
 
         ``inline=True`` runs the create in the calling task, under the anyio shield alone: for
         callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
-        it saves a task per create.
+        it saves a task per create. Such a caller learns of a cancellation that came during the
+        create at its next wait rather than on return.
         """
         self._ensure_running()
         self._refuse_if_closing()
@@ -130,14 +131,15 @@ class Creator:
             raise
         # From here _send owns the slot and the token, and lets go of them if it fails.
         if inline:
+            # An inline caller (an engine task) cancelled meanwhile learns of it at its next
+            # wait, where anyio delivers it: the job is in the table already.
             with anyio.CancelScope(shield=True):
-                record = await sending
-        else:
-            task = asyncio.get_running_loop().create_task(sending)
-            self._creating.add(task)
-            task.add_done_callback(self._created)
-            with anyio.CancelScope(shield=True):
-                record = await asyncio.shield(task)
+                return await sending
+        task = asyncio.get_running_loop().create_task(sending)
+        self._creating.add(task)
+        task.add_done_callback(self._created)
+        with anyio.CancelScope(shield=True):
+            record = await asyncio.shield(task)
         # A caller cancelled during the shielded create learns of it now; the job stays tracked.
         await checkpoint_if_cancelled()
         return record
@@ -192,12 +194,13 @@ class Creator:
         if slots is not None:
             # The slot is the job's until it ends (or the client lets go of it).
             record.add_done_callback(lambda _record: slots.release())
-        logger.info(
-            "job %s created, charged %s",
-            record.id,
-            record.amount,
-            extra={"job_id": record.id, "amount": str(record.amount)},
-        )
+        if logger.isEnabledFor(logging.INFO):  # its extra fields cost more than the check
+            logger.info(
+                "job %s created, charged %s",
+                record.id,
+                record.amount,
+                extra={"job_id": record.id, "amount": str(record.amount)},
+            )
         try:
             if on_created is not None:
                 await on_created(record)

@@ -225,6 +225,27 @@ class Engine:
             )
         return snapshot
 
+    @property
+    def create_room(self) -> int | None:
+        """How many creates a batch should have on the wire at once (``None``: no limit).
+
+        What the connection pool leaves beside the poller's queries, and at least half of the
+        pool: each of a batch's senders has one request out at a time, and a request past the
+        pool only waits inside aiohttp for a connection (and costs CPU while it does).
+        """
+        connections = self.transport.connection_limit
+        if connections is None:
+            return None
+        beside_queries = connections - self.poll.max_concurrent_queries
+        return max(beside_queries, connections // 2, 1)
+
+    def query_if_due(self, record: JobRecord) -> Coroutine[Any, Any, None]:
+        """Ask about a job just created in this task, if its first query is due at once.
+
+        Returns the poller's coroutine, to await: no layer of its own on the hot path.
+        """
+        return self._poller.query_if_due(record)
+
     # --- what the callback receiver asks of the engine (callbacks.CallbackTarget) -------------
 
     def confirm(self, record: JobRecord) -> None:

@@ -13,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-import json
 import logging
 import math
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
 import anyio
 
+from . import _json
 from ._config import Limits, RetryPolicy, Timeouts, is_testing
 from ._convert import CreateData, create_from_data
 from ._errors import (
@@ -40,7 +40,7 @@ from ._errors import (
     TransportError,
     snippet,
 )
-from ._rate import QueryBudget
+from ._rate import QueryBudget, RateLimiter
 from ._retry import AttemptFailed, RetryHook, Retrying, Safety, parse_retry_after
 
 __all__ = ["CREATE_PATH", "QUERY_PATH", "Transport"]
@@ -96,7 +96,7 @@ def _api_error(
 def decode_envelope(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
     """Return the ``data`` object of a successful answer, or raise :class:`AttemptFailed`."""
     try:
-        parsed = json.loads(raw)
+        parsed = _json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         parsed = None
         cause: Exception | None = exc
@@ -140,7 +140,7 @@ _STREAMED_BODY: Final = 1 << 20
 
 def _encoded(body: Mapping[str, Any]) -> bytes | io.BytesIO:
     """Return ``body`` as compact JSON, as a stream when it is large."""
-    raw = json.dumps(body, separators=(",", ":")).encode()
+    raw = _json.dumps(body)
     return io.BytesIO(raw) if len(raw) > _STREAMED_BODY else raw
 
 
@@ -215,6 +215,21 @@ class Transport:
     def closed(self) -> bool:
         """Whether :meth:`aclose` was called."""
         return self._closed
+
+    @property
+    def connection_limit(self) -> int | None:
+        """How many requests can be on the wire to the API at once (``None``: no limit).
+
+        The smaller of the pool's per-host and total limits: the borrowed session's own pool,
+        else :class:`~shortwan.Limits`. A request past it waits for a pooled connection (never
+        counted as sent: see :meth:`_client_timeout`).
+        """
+        limits = (self.limits.max_connections, self.limits.max_connections_per_host)
+        if not self._owns_session and self._session is not None:
+            connector = self._session.connector
+            limits = (0, 0) if connector is None else (connector.limit, connector.limit_per_host)
+        bounded = [n for n in limits if n > 0]
+        return min(bounded) if bounded else None
 
     def session(self) -> aiohttp.ClientSession:
         """Return the session, creating it inside the running loop on first use."""
@@ -292,13 +307,14 @@ class Transport:
             ) as response:
                 raw = await response.read()
                 status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                header = response.headers.get("Retry-After")
+                retry_after = None if header is None else parse_retry_after(header)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             failure = _client_error(exc, self.timeouts)
             raise failure from exc
         return decode_envelope(status, raw, retry_after)
 
-    async def _call(
+    def _call(
         self,
         method: Literal["GET", "POST"],
         path: str,
@@ -307,8 +323,11 @@ class Transport:
         body: Mapping[str, Any] | None = None,
         create: bool,
         job_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Send one call with retries and return its ``data``; raise the SDK error on failure."""
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Send one call with retries and return its ``data``; raise the SDK error on failure.
+
+        Returns the retries' coroutine, to await: no coroutine of its own per call.
+        """
         retrying = Retrying(
             self.retry,
             operation="create" if create else "query",
@@ -318,19 +337,16 @@ class Transport:
             on_retry=self.on_retry,
             rng=self._rng,
         )
-        send = functools.partial(
-            self._attempt, method, path, params=params, body=body, retrying=retrying
-        )
         budget = None if create else self.query_budget
         if budget is None:
-            return await retrying.call(
+            send = functools.partial(
+                self._attempt, method, path, params=params, body=body, retrying=retrying
+            )
+            return retrying.call(
                 send, before_attempt=self._before_attempt, after_failure=self._after_failure
             )
-        return await retrying.call(
-            functools.partial(self._paced, budget, send),
-            before_attempt=functools.partial(self._acquire, budget),
-            after_failure=self._after_failure,
-        )
+        paced = functools.partial(self._paced, budget, method, path, params, retrying)
+        return retrying.call(paced, after_failure=self._after_failure)
 
     async def _before_attempt(self, retrying: Retrying) -> None:
         if self._paused_until > 0:
@@ -338,6 +354,8 @@ class Transport:
 
     async def _acquire(self, budget: QueryBudget, retrying: Retrying) -> None:
         """Wait for the budget's leave to send a query, but never past the call's deadline."""
+        if isinstance(budget, RateLimiter) and budget.try_acquire():
+            return  # granted at once: no deadline to arm
         with anyio.move_on_after(retrying.remaining()) as scope:
             await budget.acquire()
         if scope.cancelled_caught:
@@ -347,12 +365,22 @@ class Transport:
             )
 
     async def _paced(
-        self, budget: QueryBudget, send: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        budget: QueryBudget,
+        method: Literal["GET", "POST"],
+        path: str,
+        params: Mapping[str, str] | None,
+        retrying: Retrying,
     ) -> dict[str, Any]:
-        """Send one query attempt and tell the budget how it went (a 429, or an answer)."""
+        """Send one query attempt once the budget allows it, and tell the budget how it went.
+
+        The wait for the budget is part of the attempt (a refusal to wait past the deadline is
+        raised as it is, never retried), so one coroutine serves each attempt.
+        """
+        await self._acquire(budget, retrying)
         sent_at = time.monotonic()
         try:
-            data = await send()
+            data = await self._attempt(method, path, params=params, body=None, retrying=retrying)
         except AttemptFailed as failure:
             if isinstance(failure.error, RateLimitError):
                 retry_after = failure.retry_after
@@ -435,8 +463,10 @@ class Transport:
             )
         return result
 
-    async def query(self, job_id: str) -> dict[str, Any]:
-        """Query a job and return the answer's ``data``; retried freely, it changes nothing."""
-        return await self._call(
-            "GET", QUERY_PATH, params={"id": job_id}, create=False, job_id=job_id
-        )
+    def query(self, job_id: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Query a job and return the answer's ``data``; retried freely, it changes nothing.
+
+        A plain function returning the call's coroutine (await it): one layer fewer on the
+        poller's path.
+        """
+        return self._call("GET", QUERY_PATH, params={"id": job_id}, create=False, job_id=job_id)

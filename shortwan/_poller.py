@@ -33,12 +33,15 @@ from ._errors import (
 from ._models import ImageToVideo, JobSnapshot
 from ._table import JobRecord, JobState, JobTable, state_for
 
-__all__ = ["DurationModel", "Poller", "PollerStatistics"]
+__all__ = ["DurationModel", "Poller", "PollerStatistics", "QueryWorkers"]
 
 logger = logging.getLogger("shortwan")
 
 # Jobs due this close together are asked about in one go: one wake-up for a burst.
 _SLACK = 0.005
+# The ``due`` of a job that is due now and not yet handed to anyone: the task that created it may
+# still take it (see :meth:`Poller.query_if_due`); otherwise the burst's flush hands it out.
+_DUE_NOW = -math.inf
 # A job refused this many times in a row (unknown id, bad key) is failed instead of asked forever.
 _MAX_FINAL_ERRORS = 3
 
@@ -121,6 +124,87 @@ def _server_duration(snapshot: JobSnapshot | None) -> float | None:
 Query = Callable[[str], Awaitable[JobSnapshot]]
 
 
+class QueryWorkers:
+    """The queries of one poller in flight: at most ``limit`` at once, counted together whether a
+    worker sends them or a task that asks for itself (:meth:`Poller.query_if_due`).
+
+    A job handed over is marked ``querying`` and is then in exactly one place: an idle worker's
+    hand-off, the ``ready`` queue, or a query under way. A busy worker takes the next ready job
+    itself; an idle one is handed a job directly, so no worker wakes for nothing and no task is
+    created per query.
+
+    Args:
+        limit: queries in flight at most (``PollPolicy.max_concurrent_queries``).
+        ask: sends one query and applies its answer.
+    """
+
+    def __init__(self, *, limit: int, ask: Callable[[JobRecord], Awaitable[None]]) -> None:
+        self._limit = limit
+        self._ask = ask
+        self._ready: deque[JobRecord] = deque()
+        self._idle: deque[asyncio.Future[JobRecord]] = deque()
+        self._in_flight = 0
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a query may start now without passing a job already waiting."""
+        return not self._ready and self._in_flight < self._limit
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Start the workers in ``task_group``; they run until it is cancelled."""
+        for _ in range(self._limit):
+            task_group.start_soon(self._worker, name="shortwan-query")
+
+    def dispatch(self, record: JobRecord) -> None:
+        """Have ``record`` asked about by a worker, as soon as one and a slot are free."""
+        record.querying = True
+        if self._in_flight < self._limit:
+            idle = self._idle
+            while idle:
+                handoff = idle.popleft()
+                if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
+                    self._in_flight += 1
+                    handoff.set_result(record)
+                    return
+        self._ready.append(record)
+
+    async def ask_here(self, record: JobRecord) -> None:
+        """Ask about ``record`` in the calling task, in one of the slots (see :attr:`has_room`)."""
+        record.querying = True
+        self._in_flight += 1
+        try:
+            await self._ask(record)
+        finally:
+            self._in_flight -= 1
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give waiting jobs to idle workers, now that a slot is free."""
+        ready, idle = self._ready, self._idle
+        while ready and idle and self._in_flight < self._limit:
+            handoff = idle.popleft()
+            if not handoff.done():
+                self._in_flight += 1
+                handoff.set_result(ready.popleft())
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready, idle = self._ready, self._idle
+        while True:
+            if ready and self._in_flight < self._limit:
+                record = ready.popleft()
+                self._in_flight += 1
+            else:
+                handoff: asyncio.Future[JobRecord] = loop.create_future()
+                idle.append(handoff)
+                record = await handoff  # counted in flight by whoever handed it over
+            try:
+                # The transport paces every query attempt through the client's query budget.
+                await self._ask(record)
+            finally:
+                self._in_flight -= 1
+
+
 class Poller:
     """Asks the service about every tracked job that is not finished, on one shared schedule."""
 
@@ -139,9 +223,12 @@ class Poller:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
-        self._ready: deque[JobRecord] = deque()
-        self._idle: deque[asyncio.Future[JobRecord]] = deque()
+        self._workers = QueryWorkers(limit=policy.max_concurrent_queries, ask=self._ask)
+        # Jobs due now, not yet handed out; one flush per burst of them (see _hold).
+        self._due_now: list[JobRecord] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         # Created inside the loop by run(); schedule() before then only fills the heap.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._queries_sent = 0
         # Told of every job it starts polling, and of every end the service reports (a shared
@@ -171,10 +258,9 @@ class Poller:
             if delay <= _SLACK:
                 record.recheck = True
             return
-        if delay <= _SLACK and self._wake is not None:
-            # Due now: straight to a worker, no trip through the heap and the loop.
-            record.due = math.inf
-            self._dispatch(record)
+        if delay <= _SLACK and self._loop is not None:
+            # Due now: for the task that made it to take, else for the workers within _SLACK.
+            self._hold(record)
             return
         due = time.monotonic() + max(delay, 0.0)
         if due >= record.due:
@@ -225,14 +311,11 @@ class Poller:
 
         One loop sleeps until the earliest due time (or until an earlier one is scheduled) and
         takes every job due by then, give or take ``_SLACK``, so a burst of jobs costs one wake-up.
-        ``max_concurrent_queries`` workers send the queries: a busy worker takes the next ready
-        job itself, an idle one is handed a job directly, so no worker wakes for nothing and no
-        task is created per query.
+        ``max_concurrent_queries`` workers send the queries (see :class:`QueryWorkers`).
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        for _ in range(self.policy.max_concurrent_queries):
-            task_group.start_soon(self._worker, name="shortwan-query")
+        self._workers.start(task_group)
         heap = self._heap
         while True:
             horizon = time.monotonic() + _SLACK
@@ -252,28 +335,61 @@ class Poller:
             finally:
                 timer.cancel()
 
-    def _dispatch(self, record: JobRecord) -> None:
-        record.querying = True
-        idle = self._idle
-        while idle:
-            handoff = idle.popleft()
-            if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
-                handoff.set_result(record)
-                return
-        self._ready.append(record)
+    def _hold(self, record: JobRecord) -> None:
+        """Mark ``record`` due now, to be asked about within ``_SLACK``.
 
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready, idle = self._ready, self._idle
-        while True:
-            if ready:
-                record = ready.popleft()
-            else:
-                handoff: asyncio.Future[JobRecord] = loop.create_future()
-                idle.append(handoff)
-                record = await handoff
-            # The transport paces every query attempt through the client's query budget.
-            await self._ask(record)
+        The task that made the job may take it at once (:meth:`query_if_due`); whatever is
+        left is handed to the workers by one timer for the whole burst. A timer, not a callback
+        for the next loop iteration: a burst whose jobs are all taken costs no extra iteration.
+        """
+        if record.due == _DUE_NOW:
+            return
+        record.due = _DUE_NOW
+        self._due_now.append(record)
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - only called once run() started
+        if self._flush_timer is None and not loop.is_closed():
+            self._flush_timer = loop.call_later(_SLACK, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        due_now, self._due_now = self._due_now, []
+        for record in due_now:
+            if record.due != _DUE_NOW:
+                continue  # taken by its own task meanwhile, or planned again
+            record.due = math.inf
+            if not record.is_terminal and record.state is not JobState.DETACHED:
+                self._dispatch(record)
+
+    def _dispatch(self, record: JobRecord) -> None:
+        self._workers.dispatch(record)
+
+    async def query_if_due(self, record: JobRecord) -> None:
+        """Ask about ``record`` in the calling task if it is due now and a query slot is free.
+
+        A batch's sender calls this right after it created the job: a job done at once (or whose
+        first query is due at once) is then asked about with no hand-off to a worker and back.
+        It takes the job under the same bookkeeping as a worker (``querying``, the slots of
+        ``max_concurrent_queries``), so a job never has two queries in flight. A job that is not
+        due now, or is already being asked about, is left to the poller; one that finds every
+        slot taken (or the workers behind on their queue) joins the workers' queue at once.
+        """
+        if record.due != _DUE_NOW or record.querying:
+            return  # not due now, or a worker has it
+        record.due = math.inf
+        if record.is_terminal or record.state is JobState.DETACHED:
+            return
+        if not self._workers.has_room:
+            self._dispatch(record)  # the workers' queue, at once rather than at the flush
+            return
+        try:
+            await self._workers.ask_here(record)
+        except BaseException:
+            # Cancelled while waiting for the answer (the batch stopped; nothing else leaves
+            # _ask with an exception): the job is still tracked, so a worker asks again.
+            record.querying = False
+            self.schedule(record, 0.0)
+            raise
 
     async def _ask(self, record: JobRecord) -> None:
         try:

@@ -67,6 +67,8 @@ _MIN_SPAN: Final = 0.1
 _MIN_ACCEPTED: Final = 3
 # How deep a cut goes when too little was accepted to measure, as a divisor of the rate.
 _MAX_CUT: Final = 4.0
+# Waits shorter than a timer tick are not worth a trip through the event loop.
+_NO_WAIT: Final = 0.0005
 
 
 @attrs.frozen(kw_only=True)
@@ -564,7 +566,30 @@ class RateLimiter:
         """The rate in force now, in queries per second."""
         return self.controller.rate(time.monotonic())
 
+    def try_acquire(self) -> bool:
+        """Take the leave to send one query now if it needs no wait; never waits.
+
+        The same decision as :meth:`acquire`'s first step, so a caller may try this first and
+        await :meth:`acquire` only when it returns False.
+        """
+        controller = self.controller
+        now = time.monotonic()
+        if controller.paused_until > now and not is_testing():
+            return False
+        changes = controller.changes
+        if changes != self._changes:
+            # The rate was cut (or restored): slots planned at the old rate lapse.
+            self._changes = changes
+            self._next = now
+        slot = max(now, self._next)
+        if slot - now > _NO_WAIT:
+            return False
+        self._next = slot + 1.0 / controller.rate(slot)
+        return True
+
     async def acquire(self) -> None:
+        if self.try_acquire():
+            return  # the common case: no wait, so no trip through the event loop
         controller = self.controller
         while True:
             now = time.monotonic()
@@ -579,8 +604,7 @@ class RateLimiter:
                 self._next = now
             slot = max(now, self._next)
             self._next = slot + 1.0 / controller.rate(slot)
-            # Waits shorter than a timer tick are not worth a trip through the event loop.
-            if slot - now <= 0.0005:
+            if slot - now <= _NO_WAIT:
                 return
             # Queries waiting for their slot are demand the rate does not meet: while any wait,
             # the rate may climb whatever was sent lately.

@@ -44,6 +44,10 @@ class JobState(enum.Enum):
     DETACHED = "detached"
     """The client stopped tracking the job (it was closed); collect it by id with ``attach``."""
 
+    # Members compare by identity, so they may hash by it: the counts and the terminal set are
+    # looked up several times per job, and Enum's own hash is a Python call each time.
+    __hash__ = object.__hash__
+
     @property
     def is_terminal(self) -> bool:
         """Whether the job has ended on the service."""
@@ -279,7 +283,8 @@ class JobTable:
             if charge is not None:
                 record.counted = charge
                 self._committed += charge
-        self._emit(record, None)
+        if self._subscribers:
+            self._emit(record, None)
         if record.is_terminal:
             self._remember_finished(record)
         return record
@@ -317,7 +322,8 @@ class JobTable:
                 self._refunded += record.counted
             self._remember_finished(record)
             self._wake(record)
-        self._emit(record, previous)
+        if self._subscribers:
+            self._emit(record, previous)
 
     def detach(self, record: JobRecord) -> None:
         """Stop tracking an unfinished job (the client is closing) and wake its waiters."""

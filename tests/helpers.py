@@ -56,7 +56,9 @@ async def callback_sink() -> AsyncIterator[tuple[str, list[Any]]]:
         await runner.cleanup()
 
 
-def run_python(script: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(
+    script: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a fresh interpreter (this one's), for environments the test shapes."""
     return subprocess.run(  # noqa: S603 - our own interpreter and script
         [sys.executable, "-c", script],
@@ -65,4 +67,5 @@ def run_python(script: str, stdin: str | None = None) -> subprocess.CompletedPro
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )

@@ -1,4 +1,4 @@
-"""The rooms of a batch on their own: its options, its waiters, its spend counters."""
+"""The rooms of a batch on their own: its options, its waiters, its spend counters, its senders."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ import attrs
 import pytest
 from helpers import client_for, req
 
-from shortwan import AsyncShortWan, JobState, SpendBudget, SpendLimitError
+from shortwan import (
+    AsyncShortWan,
+    JobState,
+    Limits,
+    SpendBudget,
+    SpendLimitError,
+    SubmissionUncertainError,
+    Timeouts,
+)
+from shortwan._batch import sender_count
 from shortwan._options import BatchOptions
 from shortwan._spend import NO_BUDGET
 from shortwan._table import JobRecord
 from shortwan._waiters import Waiters
-from shortwan.testing import FakeShortAPI
+from shortwan.testing import FakeShortAPI, Fault
 
 
 class TestOptions:
@@ -146,3 +155,46 @@ class TestSpend:
         assert outcome.error.limit == Decimal("1.5")
         assert outcome.error.committed == Decimal("1.25")
         assert fake.stats.creates_received == 0
+
+
+class TestSenders:
+    def test_one_sender_per_slot_up_to_the_room_for_creates(self) -> None:
+        """Senders follow concurrency, bounded by the room the pool leaves and a hard cap."""
+        assert sender_count(200, None) == 200
+        assert sender_count(200, 48) == 48
+        assert sender_count(8, 48) == 8
+        assert sender_count(10**6, None) == 1024
+        assert sender_count(5, 0) == 1
+
+    @pytest.mark.parametrize(
+        ("limits", "room"),
+        [
+            (Limits(), 48),  # 64 per host, 16 of them for the poller's queries
+            (Limits(max_connections=40, max_connections_per_host=64), 24),
+            (Limits(max_connections=400, max_connections_per_host=300), 284),
+            (Limits(max_connections=20, max_connections_per_host=20), 10),
+        ],
+    )
+    def test_room_is_what_the_pool_leaves_beside_the_queries(
+        self, limits: Limits, room: int
+    ) -> None:
+        """A batch's creates get the pool's connections the poller cannot use, half at least."""
+        client = AsyncShortWan("ak-x", base_url="http://127.0.0.1:9", limits=limits)
+        assert client._engine.create_room == room
+
+    @pytest.mark.anyio
+    async def test_slow_creates_are_all_out_together(self) -> None:
+        """With room in the pool, concurrency=40 has 40 creates at the service before one ends."""
+        async with FakeShortAPI(
+            run_time=0, fault_rates={"create": {Fault.SLOW_AFTER: 1.0}}, slow_delay=3.0
+        ) as fake:
+            # Every create answers late; the read timeout makes it end (maybe charged) first.
+            timeouts = Timeouts(read=1.0)
+            limits = Limits(max_connections=100, max_connections_per_host=100)
+            async with client_for(fake, limits=limits, timeouts=timeouts) as client:
+                requests = [req(f"slow {i}") for i in range(40)]
+                async for outcome in client.generate_many(requests, concurrency=40):
+                    assert isinstance(outcome.error, SubmissionUncertainError)
+                    # The first create to end: by then every one of them had reached the service.
+                    assert fake.stats.jobs_created == 40
+                    break

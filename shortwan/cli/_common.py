@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import click
@@ -15,7 +16,10 @@ from .._options import job_timeout
 from .._spec import DEFAULT_JOB_TIMEOUT
 from ._names import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
-__all__ = ["console", "err", "run", "timeout_option"]
+__all__ = ["LOOP_ENV", "backend_options", "console", "err", "run", "timeout_option"]
+
+LOOP_ENV: Final = "SHORTWAN_LOOP"
+"""Names the command's event loop: ``uvloop`` (the default when installed) or ``asyncio``."""
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -26,10 +30,32 @@ console = Console(highlight=False, emoji=False)
 err = Console(stderr=True, highlight=False, emoji=False)
 
 
+def backend_options() -> dict[str, Any]:
+    """Return anyio's options for the command's event loop: uvloop's when it is installed.
+
+    ``SHORTWAN_LOOP=asyncio`` keeps the standard loop (and never imports uvloop).
+    """
+    wanted = os.environ.get(LOOP_ENV, "").strip().lower()
+    if wanted not in ("", "uvloop", "asyncio"):
+        raise click.UsageError(f"{LOOP_ENV} must be 'uvloop' or 'asyncio', not {wanted!r}")
+    if wanted == "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401, PLC0415 - the speed extra, looked for only here
+    except ImportError:
+        if wanted == "uvloop":
+            raise click.UsageError(
+                f"{LOOP_ENV}=uvloop, but uvloop is not installed (pip install 'shortwan[speed]')"
+            ) from None
+        return {}
+    return {"use_uvloop": True}
+
+
 def run(func: Callable[[], Awaitable[_T]]) -> _T:
     """Run ``func`` in a new event loop, turning shortwan errors into messages and exit codes."""
+    options = backend_options()
     try:
-        return anyio.run(func)
+        return anyio.run(func, backend_options=options)
     except ConfigurationError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_USAGE)

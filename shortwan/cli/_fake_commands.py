@@ -16,7 +16,7 @@ import anyio
 import click
 
 from .._options import BatchOptions
-from ._common import console, err, run
+from ._common import backend_options, console, err, run
 from ._names import DEMO_MARKER, EXIT_OK, EXIT_USAGE, JOURNAL_NAME, RESERVED_NAMES
 from ._run import BatchJob, run_batch
 
@@ -47,7 +47,10 @@ def fake_server() -> click.Command:
             )
 
         try:
-            anyio.run(functools.partial(serve_forever, ready=ready, **options))
+            anyio.run(
+                functools.partial(serve_forever, ready=ready, **options),
+                backend_options=backend_options(),
+            )
         except KeyboardInterrupt:
             err.print("stopped")
 
