@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shortwan import ImageToVideo, _json
+from shortwan._callback_wire import payload
 from shortwan._http import decode_envelope
 from shortwan._retry import AttemptFailed
-from shortwan.callbacks import CallbackReceiver, _payload
+from shortwan.callbacks import CallbackReceiver
 from shortwan.cli._common import LOOP_ENV, backend_options
 from shortwan.testing import FakeShortAPI
 
@@ -143,9 +144,9 @@ def agree(raw: bytes) -> None:
             stdlib = envelope_verdict(raw, status)
         assert fast == stdlib
     with _json.backend("orjson"):
-        fast_payload = repr(_payload(raw))
+        fast_payload = repr(payload(raw))
     with _json.backend("stdlib"):
-        plain_payload = repr(_payload(raw))
+        plain_payload = repr(payload(raw))
     assert fast_payload == plain_payload
 
 

@@ -141,7 +141,6 @@ def render_clip(
     return _encode(av, frames(), width, height, fps, crf=23)
 
 
-@functools.lru_cache(maxsize=32)
 def plain_clip(seconds: int, width: int, height: int, fps: int = FPS) -> bytes | None:
     """Return a clip without a source image, as H.264 MP4 bytes; ``None`` without PyAV.
 
@@ -154,6 +153,13 @@ def plain_clip(seconds: int, width: int, height: int, fps: int = FPS) -> bytes |
         ValueError: an option is out of range.
     """
     _check_shape(seconds, width, height, fps)
+    # One cache key however the arguments were spelt: plain_clip(2, 480, 270) and
+    # plain_clip(2, 480, 270, FPS) must share their bytes.
+    return _plain_clip(seconds, width, height, fps)
+
+
+@functools.lru_cache(maxsize=32)
+def _plain_clip(seconds: int, width: int, height: int, fps: int) -> bytes | None:
     try:
         import av  # noqa: PLC0415 - optional dependency
     except ImportError:
