@@ -49,6 +49,7 @@ __all__ = [
 
 MAX_JOB_ID: Final = 256
 
+_SPACE = re.compile(r"\s")
 _DATA_URI = re.compile(r"data:(?P<type>image/[a-z0-9.+-]+);base64,(?P<payload>.*)", re.DOTALL)
 
 
@@ -62,7 +63,7 @@ def _url_problem(name: str, value: str) -> str | None:
         return f"{name} must be an http:// or https:// URL, got scheme {parts.scheme or '(none)'!r}"
     if not parts.hostname:
         return f"{name} must name a host: {value[:80]!r}"
-    if any(ch.isspace() for ch in value):
+    if _SPACE.search(value):
         return f"{name} must not contain white space"
     return None
 

@@ -6,7 +6,10 @@ import logging
 import time
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
+import redis.asyncio
 from redis_harness import RedisServer
 
 from shortwan.redis import SharedState, connect
@@ -116,6 +119,77 @@ class TestOneRateForAll:
             await second.acquire()  # its own cut is refused: it takes the first one's
             await first.acquire()
             assert first.statistics().rate == pytest.approx(second.statistics().rate, rel=1e-6)
+
+
+async def evalsha_calls(url: str) -> int:
+    """Return how many scripts the server ran since its statistics were last reset."""
+    async with redis.asyncio.Redis.from_url(url) as client:
+        stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def reset_stats(url: str) -> None:
+    async with redis.asyncio.Redis.from_url(url) as client:
+        await client.config_resetstat()
+
+
+class TestBurstsShareATake:
+    async def test_a_burst_books_its_slots_in_few_round_trips(
+        self, redis_server: RedisServer, shared: SharedState
+    ) -> None:
+        """40 queries at once take far fewer than 40 round trips, and still go at the rate."""
+        budget = shared.query_budget(100.0)
+        await budget.acquire()  # the curve is written and the script loaded before counting
+        await anyio.sleep(0.01)  # past the first slot
+        await reset_stats(redis_server.url)
+        done: list[float] = []
+        started = time.monotonic()
+
+        async def one() -> None:
+            await budget.acquire()
+            done.append(time.monotonic() - started)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(40):
+                tg.start_soon(one)
+        takes = await evalsha_calls(redis_server.url)
+        assert len(done) == 40
+        # One take for the first acquirer, one for the 39 that came while it was on its way
+        # (the odd heartbeat may add a script or two).
+        assert takes <= 6, takes
+        # 40 slots at 100 a second: the last goes about 0.39 s after the first.
+        assert max(done) >= 0.39 - 0.02, done
+        assert max(done) - min(done) >= 0.37, done
+
+    async def test_the_sender_of_a_take_cancelled_strands_no_one(self, shared: SharedState) -> None:
+        """Cancelling the task whose take is on its way still hands the next group its slots."""
+        budget = shared.query_budget(1000.0)
+        await budget.acquire()
+        finished = 0
+
+        async def one() -> None:
+            nonlocal finished
+            await budget.acquire()
+            finished += 1
+
+        async def sender(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+            with anyio.CancelScope() as scope:
+                task_status.started(scope)
+                await budget.acquire()  # the take, shielded, may still hand it its slot
+                await anyio.sleep_forever()
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                scope = await tg.start(sender)
+                while budget._in_flight is None:
+                    await anyio.lowlevel.checkpoint()
+                for _ in range(10):
+                    tg.start_soon(one)
+                while budget._gathering is None or budget._gathering.count < 10:
+                    await anyio.lowlevel.checkpoint()
+                assert budget._in_flight is not None  # the sender's take is still out
+                scope.cancel()
+        assert finished == 10
 
 
 class TestRedisFailing:
