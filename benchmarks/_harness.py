@@ -11,13 +11,16 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shortwan.testing import FakeProcess as FakeServer
 from shortwan.testing import fake_process as fake_server
+from shortwan.testing._redis_server import RedisServer, redis_server_binary
 
 __all__ = [
     "FakeServer",
@@ -107,6 +110,21 @@ def cpu_clock() -> Iterator[dict[str, float]]:
     finally:
         result["cpu"] = time.process_time() - cpu
         result["wall"] = time.perf_counter() - wall
+
+
+@contextmanager
+def redis_process() -> Iterator[RedisServer]:
+    """Run a redis-server on a free loopback port, persistence off, for the block."""
+    binary = redis_server_binary()
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+    with tempfile.TemporaryDirectory() as folder:
+        server = RedisServer(binary, Path(folder))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def num(value: object) -> float:

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ import aiohttp
 import anyio
 from aiohttp import web
 
+from benchmarks._harness import redis_process
 from shortwan import PollPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,30 +61,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """Run a redis-server on a free loopback port, persistence off; yield its URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", folder, "--loglevel", "warning"]
-        process = subprocess.Popen(  # noqa: S603 - the machine's own redis-server
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.kill()
-            process.wait(timeout=10)
+    with redis_process() as server:
+        yield server.url
 
 
 def fresh_session() -> aiohttp.ClientSession:

@@ -13,75 +13,37 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 
-from benchmarks._harness import FakeServer, Section, Target, fake_server, machine, median
+from benchmarks._harness import (
+    FakeServer,
+    Section,
+    Target,
+    fake_server,
+    machine,
+    median,
+    redis_process,
+)
 from benchmarks.engine import INSTANT_POLL, requests
 from shortwan import AsyncShortWan, ImageToVideo
+from shortwan.testing._redis_server import RedisServer
 
 # A cap no round comes near: both contenders check one, neither is stopped by it.
 CAP = "1000000"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisProcess:
-    """A redis-server on a free loopback port, with persistence off."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.url = f"redis://127.0.0.1:{port}/0"
-
-    def cpu(self) -> float:
-        """Return the CPU seconds the server has used so far (0 where /proc is missing)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def redis_server() -> Iterator[RedisProcess]:
-    """Start redis-server and stop it when the block ends."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(  # noqa: S603 - the machine's own redis-server
-            [
-                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", workdir, "--loglevel", "warning"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.02)
-            yield RedisProcess(process, port)
-        finally:
-            process.kill()
-            process.wait(10)
+def redis_cpu(server: RedisServer) -> float:
+    """Return the CPU seconds redis-server has used so far (0 where /proc is missing)."""
+    if server.process is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_round(
@@ -130,18 +92,18 @@ def bench_overhead(quick: bool) -> Section:
     cpu: dict[str, list[float]] = {name: [] for name, _, _ in CONTENDERS}
     server_cpu: dict[str, list[float]] = {name: [] for name, _, _ in CONTENDERS}
     queries: dict[str, float] = {}
-    with fake_server(run_time=0) as server, redis_server() as redis:
+    with fake_server(run_time=0) as server, redis_process() as redis:
         anyio.run(one_round, server, requests(50, "warm"), concurrency, redis.url, CAP)
         for r in range(rounds):
             for i, (name, shared, cap) in enumerate(CONTENDERS):
-                before = redis.cpu()
+                before = redis_cpu(redis)
                 url = redis.url if shared else None
                 seconds, ok, asked = anyio.run(
                     one_round, server, requests(n, f"c{i}r{r}"), concurrency, url, cap
                 )
                 assert ok == n
                 cpu[name].append(seconds / n * 1e6)
-                server_cpu[name].append((redis.cpu() - before) / n * 1e6)
+                server_cpu[name].append((redis_cpu(redis) - before) / n * 1e6)
                 queries[name] = asked / n
     rows: list[list[object]] = []
     ratios: dict[str, float] = {}

@@ -13,16 +13,14 @@ import argparse
 import logging
 import multiprocessing as mp
 import secrets
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from benchmarks._harness import Section, Target, fake_server, machine, num
+from benchmarks._harness import Section, Target, fake_server, machine, num, redis_process
 from shortwan import AsyncShortWan, PollPolicy
-from shortwan.testing._redis_server import INSTALL_HINT, RedisServer, redis_server_binary
+from shortwan.testing._redis_server import INSTALL_HINT, redis_server_binary
 
 WORKERS = 4
 LIMIT = 40.0
@@ -135,27 +133,21 @@ def bench(quick: bool) -> Section:
     if binary is None:
         return Section(key="shared-rate", title=title, header=header, rows=[], notes=[INSTALL_HINT])
     rows: list[list[object]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        redis = RedisServer(binary, Path(folder))
-        redis.start()
-        try:
-            with fake_server(run_time=0, query_rate_limit=LIMIT) as server:
-                for name, redis_url in (("shared through Redis", redis.url), ("local", None)):
-                    figures = run(server, redis_url, per_worker)
-                    rows.append(
-                        [
-                            name,
-                            figures["videos"],
-                            figures["queries"],
-                            figures["refused"],
-                            figures["refused"] / max(figures["queries"], 1) * 100,
-                            figures["accepted_rate"],
-                            figures["accepted_rate"] / LIMIT,
-                            figures["wall"],
-                        ]
-                    )
-        finally:
-            redis.stop()
+    with redis_process() as redis, fake_server(run_time=0, query_rate_limit=LIMIT) as server:
+        for name, redis_url in (("shared through Redis", redis.url), ("local", None)):
+            figures = run(server, redis_url, per_worker)
+            rows.append(
+                [
+                    name,
+                    figures["videos"],
+                    figures["queries"],
+                    figures["refused"],
+                    figures["refused"] / max(figures["queries"], 1) * 100,
+                    figures["accepted_rate"],
+                    figures["accepted_rate"] / LIMIT,
+                    figures["wall"],
+                ]
+            )
     shared = rows[0]
     return Section(
         key="shared-rate",

@@ -7,7 +7,6 @@ import re
 import secrets
 import socket
 from decimal import Decimal
-from types import TracebackType
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from .._aio import ClosedOnExit
 from .._errors import ConfigurationError
 from .._shared import SharedStore
 from ._bucket import RateBucket, WindowCounters
@@ -37,7 +37,7 @@ _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MIN_SERVER: Final = (6, 2)
 
 
-class SharedState(Link):
+class SharedState(Link, ClosedOnExit):
     """State shared by every process that connects with the same namespace.
 
     Made by :func:`connect`; close it with :meth:`aclose` or ``async with``. It owns one connection
@@ -126,14 +126,6 @@ class SharedState(Link):
 
     async def __aenter__(self) -> SharedState:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _check_name(name: str) -> str:
