@@ -140,7 +140,7 @@ def readme_block(sections: dict[str, Section], plots: list[str], quick: bool) ->
     lines = [
         START,
         "",
-        "Reproduce with `python -m benchmarks` (about 6 minutes; `--quick` for under 2; the "
+        "Reproduce with `python -m benchmarks` (about 10 minutes; `--quick` for about 4; the "
         "plots need `pip install -e '.[bench]'`). Figures from "
         f"{'a quick' if quick else 'one'} run on {machine()}; full tables in "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).",

@@ -125,8 +125,9 @@ def bench_overhead(quick: bool) -> Section:
         notes=[
             "With the cap in Redis, each create reserves before it leaves and settles after "
             "(reservations and settles made at once share round trips); claims and job ends go "
-            f"in batches. Without a cap, sharing costs {ratios[view]:.2f}× alone. Both use the "
-            "local query limiter. redis-py reads replies in Python unless hiredis is installed "
+            f"in batches. Without a cap, sharing costs {ratios[view]:.2f}× alone. The shared "
+            "clients pace their queries through the shared query budget (one round trip per "
+            "burst of queries). redis-py reads replies in Python unless hiredis is installed "
             "(`shortwan[redis-fast]`); this run " + ("had it." if _has_hiredis() else "did not.")
         ],
     )
