@@ -29,7 +29,7 @@ import anyio
 
 from .._errors import SharedStateError
 from .._rate import RateController, RateCurve, RateLimiter, RateStatistics
-from ._core import Link, text
+from ._core import Grouped, Link, text
 from ._lua import Script
 
 __all__ = ["SharedQueryBudget"]
@@ -42,11 +42,9 @@ _SHARE_SECONDS: Final = 3
 # How often the clock offset is measured again, and how many measures are kept.
 _CLOCK_EVERY: Final = 30.0
 
-# KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed,
-# the number of slots wanted. Books that many slots in a row from the next free one and counts
-# the sends; returns the first slot's wait (the others follow at the rate), the server's time,
-# the pause, the version and curve of the shared copy, and the sends of every process over
-# whole seconds.
+# KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed.
+# Books the next free slot and counts the send; returns the wait, the server's time, the pause,
+# the version and curve of the shared copy, and the sends of every process over whole seconds.
 _TAKE = Script(
     """
 local now = now_s()
@@ -54,12 +52,11 @@ local h = redis.call('HMGET', KEYS[1], 'next', 'paused', 'version', 'curve')
 local next_free = tonumber(h[1] or '0')
 local paused = tonumber(h[2] or '0')
 local slot = math.max(now, paused, next_free)
-local count = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'next', string.format('%.6f', slot + count / tonumber(ARGV[1])))
+redis.call('HSET', KEYS[1], 'next', string.format('%.6f', slot + 1 / tonumber(ARGV[1])))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local second = math.floor(now)
 local counter = KEYS[1] .. ':sent:' .. second
-redis.call('INCRBY', counter, count)
+redis.call('INCR', counter)
 redis.call('EXPIRE', counter, tonumber(ARGV[3]) + 2)
 local sent = 0
 for s = second - tonumber(ARGV[3]), second - 1 do
@@ -125,19 +122,6 @@ def _decode(raw: str, *, ceiling: float, paused: float, offset: float) -> RateCu
         return None
 
 
-class _Group:
-    """Acquirers that book their slots in one take: the first wait, the rate, or the error."""
-
-    __slots__ = ("count", "done", "error", "first", "rate")
-
-    def __init__(self) -> None:
-        self.count = 1
-        self.done = anyio.Event()
-        self.first = 0.0
-        self.rate = 1.0
-        self.error: BaseException | None = None
-
-
 class SharedQueryBudget:
     """A :class:`~shortwan.QueryBudget` whose rate, pause and slots every process shares.
 
@@ -169,8 +153,9 @@ class SharedQueryBudget:
         self._all = 0
         self._all_until = 0
         self._alone = True  # pacing locally: Redis could not be reached
-        self._in_flight: _Group | None = None  # the take on its way to the server
-        self._gathering: _Group | None = None  # the acquirers waiting to book after it
+        # Takes made while one is on its way go together in the next round trip.
+        self._takes = Grouped(link)
+        self._writing = -1  # the controller's edits that a write on its way carries
 
     def __repr__(self) -> str:
         return f"<SharedQueryBudget {self.name!r} namespace={self._link.namespace!r}>"
@@ -185,9 +170,10 @@ class SharedQueryBudget:
             )
             return
         try:
-            if self.controller.edits != self._written:
+            edits = self.controller.edits
+            if edits not in (self._written, self._writing):  # one write per decision
                 await self._write()
-            wait = await self._slot()
+            wait = await self._take()
         except SharedStateError as exc:
             await self._acquire_alone(str(exc))
             return
@@ -231,52 +217,21 @@ class SharedQueryBudget:
             )
         await self._local.acquire()
 
-    async def _slot(self) -> float:
-        """Book one slot on the server and return the wait until it.
-
-        One take is on its way at a time; the acquirers that come meanwhile gather behind it
-        and book their slots together, in one round trip, when it is back (so a busy process
-        pays one round trip per burst of queries, not one per query, and a quiet one waits for
-        no one). A take is shielded: once sent, its answer is read and handed to its whole
-        group even if the task that sent it is cancelled.
-        """
-        group = self._gathering
-        if group is not None:  # a take is on its way: join the one that follows it
-            index = group.count
-            group.count += 1
-            await group.done.wait()
-        else:
-            index = 0
-            group = self._gathering = _Group()
-            with anyio.CancelScope(shield=True):
-                while (ahead := self._in_flight) is not None:
-                    await ahead.done.wait()
-                self._gathering = None
-                self._in_flight = group
-                try:
-                    group.first, group.rate = await self._take(group.count)
-                except Exception as exc:  # each acquirer raises it, as if it had sent the take
-                    group.error = exc
-                finally:
-                    self._in_flight = None
-                    group.done.set()
-        if group.error is not None:
-            raise group.error
-        return group.first + index / group.rate
-
-    async def _take(self, count: int) -> tuple[float, float]:
-        """Book ``count`` slots in a row; return the first one's wait and the rate between them."""
+    async def _take(self) -> float:
+        """Book a slot on the server; return the wait until it."""
         rate = self.controller.rate(time.monotonic())
         before = time.monotonic()
-        reply = await self._link.run(
-            _TAKE, (self._key,), (repr(rate), _KEEP_MS, _SHARE_SECONDS, count)
+        [reply] = await self._takes.call_all(
+            [(_TAKE, (self._key,), (repr(rate), _KEEP_MS, _SHARE_SECONDS))]
         )
+        if isinstance(reply, SharedStateError):
+            raise reply
         after = time.monotonic()
         wait, server_now, paused, version, curve, sent, second = (text(x) for x in reply)
         self._clock(float(server_now), before, after)
-        self._count(int(second), int(sent), count)
+        self._count(int(second), int(sent))
         self._follow(int(version), curve, float(paused))
-        return float(wait), rate
+        return float(wait)
 
     async def _write(self) -> None:
         controller = self.controller
@@ -284,16 +239,20 @@ class SharedQueryBudget:
         curve = controller.curve
         offset = self._offset
         paused = _server_time(curve.paused_until, offset)
-        reply = await self._link.run(
-            _WRITE,
-            (self._key,),
-            (
-                self._version,
-                _encode(curve, offset),
-                repr(paused if math.isfinite(paused) else 0.0),
-                _KEEP_MS,
-            ),
-        )
+        self._writing = edits
+        try:
+            reply = await self._link.run(
+                _WRITE,
+                (self._key,),
+                (
+                    self._version,
+                    _encode(curve, offset),
+                    repr(paused if math.isfinite(paused) else 0.0),
+                    _KEEP_MS,
+                ),
+            )
+        finally:
+            self._writing = -1
         wrote, version, raw, paused_text = (text(x) for x in reply)
         if wrote == "1":
             self._version, self._written = int(version), edits
@@ -325,12 +284,12 @@ class SharedQueryBudget:
             self._offset = server_now - (before + after) / 2
             self._offset_trip, self._offset_at = trip, now
 
-    def _count(self, second: int, sent: int, count: int) -> None:
+    def _count(self, second: int, sent: int) -> None:
         mine = self._mine
         if mine and mine[-1][0] == second:
-            mine[-1] = (second, mine[-1][1] + count)
+            mine[-1] = (second, mine[-1][1] + 1)
         else:
-            mine.append((second, count))
+            mine.append((second, 1))
         self._all, self._all_until = sent, second
 
     def _share(self) -> float:
