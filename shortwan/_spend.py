@@ -216,9 +216,12 @@ def check_spend(value: object) -> Decimal | SpendCounter | None:
         return spend_limit(value)
     if not all(
         callable(getattr(value, name, None)) for name in ("reserve", "settle", "release", "refund")
-    ):
+    ) or not all(hasattr(value, name) for name in ("limit", "committed")):
         raise InvalidRequestError(
-            [f"max_spend must be an amount or a SpendCounter, got {type(value).__name__}"]
+            [
+                f"max_spend must be an amount or a SpendCounter (limit, committed, reserve, "
+                f"settle, release, refund), got {type(value).__name__}"
+            ]
         )
     return cast("SpendCounter", value)
 

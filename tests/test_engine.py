@@ -342,6 +342,23 @@ class TestArguments:
                 await client.gather(reqs(2), max_spend=cap)  # type: ignore[arg-type]
         assert fake.stats.creates_received == 0
 
+    @pytest.mark.anyio
+    async def test_a_counter_without_limit_and_committed_is_refused(self) -> None:
+        """A counter must say its cap and what it holds: a refusal quotes both."""
+
+        class NoFigures:
+            async def reserve(self, amount: object) -> bool:
+                return False
+
+            async def settle(self, reserved: object, charged: object) -> None: ...
+            async def release(self, reserved: object) -> None: ...
+            async def refund(self, amount: object) -> None: ...
+
+        async with FakeShortAPI(run_time=0) as fake, client_for(fake) as client:
+            with pytest.raises(InvalidRequestError, match="max_spend"):
+                await client.gather(reqs(2), max_spend=NoFigures())  # type: ignore[arg-type]
+        assert fake.stats.creates_received == 0
+
     @pytest.mark.parametrize("concurrency", [0, -1, True, 2.5])
     @pytest.mark.anyio
     async def test_bad_concurrency_refused(self, concurrency: object) -> None:
