@@ -98,7 +98,7 @@ def image_input_or_problem(
     media_type, problem = check_image_bytes(data, name)
     if problem is not None or media_type is None:
         return None, problem
-    _remember(data, None)  # checked in full: the request built from it need not look again
+    _remember(_digest(data), name, None)  # checked in full: its request need not look again
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}", None
 
 
@@ -140,13 +140,18 @@ _MAGIC: Final = (
     (b"BM", "BMP"),
 )
 # Data URIs already checked, by digest: a request rebuilt (attrs.evolve, a retry of a batch line)
-# is not decoded again. Bounded, and keyed by a digest so no image is kept alive by it.
-_CHECKED: Final[OrderedDict[bytes, str | None]] = OrderedDict()
+# is not decoded again. Bounded, and keyed by a digest so no image is kept alive by it. A problem
+# is kept with the field it names, as the same bytes may be given for another field.
+_CHECKED: Final[OrderedDict[bytes, tuple[str, str] | None]] = OrderedDict()
 _CHECKED_SIZE: Final = 256
 
 
-def _remember(data: bytes, problem: str | None) -> None:
-    _CHECKED[hashlib.blake2b(data, digest_size=16).digest()] = problem
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _remember(key: bytes, name: str, problem: str | None) -> None:
+    _CHECKED[key] = None if problem is None else (name, problem)
     while len(_CHECKED) > _CHECKED_SIZE:
         _CHECKED.popitem(last=False)
 
@@ -167,10 +172,12 @@ def data_image_problem(data: bytes, name: str) -> str | None:
     may hold transparency; without it, the format (from the magic bytes) and the size are checked
     and the rest is left to the service. The answer is remembered for the same bytes.
     """
-    key = hashlib.blake2b(data, digest_size=16).digest()
+    key = _digest(data)
     if key in _CHECKED:
-        _CHECKED.move_to_end(key)
-        return _CHECKED[key]
+        seen = _CHECKED[key]
+        if seen is None or seen[0] == name:
+            _CHECKED.move_to_end(key)
+            return None if seen is None else seen[1]
     if len(data) > MAX_IMAGE_BYTES:
         problem: str | None = oversize_problem(name, len(data))
     else:
@@ -181,7 +188,7 @@ def data_image_problem(data: bytes, name: str) -> str | None:
             problem = None if fmt is not None else _not_accepted(name, None)
         else:
             problem = check_image_bytes(data, name, pixels=False)[1]
-    _remember(data, problem)
+    _remember(key, name, problem)
     return problem
 
 

@@ -269,6 +269,17 @@ class TestDataURIs:
         assert any(p.startswith("last_frame_image: width is 100 px") for p in problems)
         assert any("duration" in p for p in problems)
 
+    def test_the_same_bad_image_names_the_field_it_is_given_for(self) -> None:
+        """Bytes refused once for one field are refused for another under that field's name."""
+        bad = data_uri(encode(rgb(100, 100), "PNG"))
+        with pytest.raises(InvalidRequestError, match="first_frame_image: width is 100 px"):
+            ImageToVideo(first_frame_image=bad)
+        with pytest.raises(InvalidRequestError) as info:
+            ImageToVideo(first_frame_image="https://example.com/a.png", last_frame_image=bad)
+        assert [p for p in info.value.problems if "width is 100 px" in p] == [
+            p for p in info.value.problems if p.startswith("last_frame_image: width is 100 px")
+        ] != []
+
     def test_without_pillow_type_and_size_are_checked(self) -> None:
         """Without Pillow a data URI is checked for its type (magic bytes) and size only."""
         script = """
