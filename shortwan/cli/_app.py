@@ -240,13 +240,13 @@ def batch(
         )
     except InvalidRequestError as exc:
         raise click.BadParameter("; ".join(exc.problems)) from None
+    if redis_url is not None and importlib.util.find_spec("redis") is None:
+        raise click.UsageError("--redis needs redis-py: pip install 'shortwan[redis]'")
+    job = BatchJob(source=file, out=out, options=options, poll=ctx.obj["poll"])
+    settings: dict[str, Any] = ctx.obj
     # The folder now holds real jobs: a later demo must not start it over.
     with contextlib.suppress(OSError):  # no folder yet, or one the batch will fail to use anyway
         (out / DEMO_MARKER).unlink(missing_ok=True)
-    job = BatchJob(source=file, out=out, options=options, poll=ctx.obj["poll"])
-    settings: dict[str, Any] = ctx.obj
-    if redis_url is not None and importlib.util.find_spec("redis") is None:
-        raise click.UsageError("--redis needs redis-py: pip install 'shortwan[redis]'")
 
     async def go() -> int:
         async def send(shared: SharedStore | None = None) -> int:
