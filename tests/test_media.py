@@ -276,9 +276,11 @@ class TestDataURIs:
             ImageToVideo(first_frame_image=bad)
         with pytest.raises(InvalidRequestError) as info:
             ImageToVideo(first_frame_image="https://example.com/a.png", last_frame_image=bad)
-        assert [p for p in info.value.problems if "width is 100 px" in p] == [
-            p for p in info.value.problems if p.startswith("last_frame_image: width is 100 px")
-        ] != []
+        assert (
+            [p for p in info.value.problems if "width is 100 px" in p]
+            == [p for p in info.value.problems if p.startswith("last_frame_image: width is 100 px")]
+            != []
+        )
 
     def test_without_pillow_type_and_size_are_checked(self) -> None:
         """Without Pillow a data URI is checked for its type (magic bytes) and size only."""
