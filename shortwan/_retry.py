@@ -281,6 +281,7 @@ class Retrying:
                 error = failure.error
                 error.job_id = error.job_id or self.job_id
                 if after_failure is not None and await after_failure(self, failure):
+                    self.attempt -= 1  # remedied: the next attempt takes this one's place
                     continue
                 if not self.idempotent and failure.safety is Safety.UNCERTAIN:
                     if not self.policy.retry_uncertain_creates:

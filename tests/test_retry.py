@@ -269,6 +269,22 @@ class TestRetrying:
         assert events == []
 
     @pytest.mark.anyio
+    async def test_a_remedied_failure_is_not_counted_against_the_cap(self) -> None:
+        """With two attempts, a remedied failure still leaves both to the failures after it."""
+        retry, events = retrying(RetryPolicy(attempts=2, initial_delay=0.001, max_delay=0.001))
+        remedied = 0
+
+        async def fix_once(_state: Retrying, _failed: AttemptFailed) -> bool:
+            nonlocal remedied
+            remedied += 1
+            return remedied == 1
+
+        attempt = Flaky(failure(), failure())
+        assert await retry.call(attempt, after_failure=fix_once) == "done"
+        assert attempt.calls == 3
+        assert len(events) == 1  # the one failure that was not remedied
+
+    @pytest.mark.anyio
     async def test_a_gate_refusal_after_a_maybe_sent_attempt_is_uncertain(self) -> None:
         """A pause that ends the call cannot hide that an earlier create may have been made."""
         policy = RetryPolicy(retry_uncertain_creates=True)
