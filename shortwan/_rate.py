@@ -226,8 +226,10 @@ class RateController:
     def rate(self, now: float) -> float:
         """Return the rate in force at ``now``, in queries per second."""
         curve = self.curve
+        if curve.base >= self.ceiling:
+            return self.ceiling  # the usual case: nothing to climb, so no need to measure use
         rate = curve.rate(now, self._used())
-        if rate >= self.ceiling and curve.base < self.ceiling:
+        if rate >= self.ceiling:
             curve.base, curve.base_at = self.ceiling, now
             self.edits += 1
             logger.info(
@@ -572,24 +574,16 @@ class RateLimiter:
         The same decision as :meth:`acquire`'s first step, so a caller may try this first and
         await :meth:`acquire` only when it returns False.
         """
-        controller = self.controller
         now = time.monotonic()
-        if controller.paused_until > now and not is_testing():
+        if self.controller.paused_until > now and not is_testing():
             return False
-        changes = controller.changes
-        if changes != self._changes:
-            # The rate was cut (or restored): slots planned at the old rate lapse.
-            self._changes = changes
-            self._next = now
-        slot = max(now, self._next)
+        slot = self._free_slot(now)
         if slot - now > _NO_WAIT:
             return False
-        self._next = slot + 1.0 / controller.rate(slot)
+        self._book(slot)
         return True
 
     async def acquire(self) -> None:
-        if self.try_acquire():
-            return  # the common case: no wait, so no trip through the event loop
         controller = self.controller
         while True:
             now = time.monotonic()
@@ -597,24 +591,37 @@ class RateLimiter:
                 await anyio.sleep(controller.paused_until - now)
                 continue
             changes = controller.changes
-            if changes != self._changes:
-                # The rate was cut (or restored): slots planned at the old rate lapse, and the
-                # queries waiting for them line up again at the new one.
-                self._changes = changes
-                self._next = now
-            slot = max(now, self._next)
-            self._next = slot + 1.0 / controller.rate(slot)
+            slot = self._free_slot(now)
+            booked = self._book(slot)
             if slot - now <= _NO_WAIT:
-                return
+                return  # the common case: no wait, so no trip through the event loop
             # Queries waiting for their slot are demand the rate does not meet: while any wait,
             # the rate may climb whatever was sent lately.
             controller.waiting += 1
             try:
                 await anyio.sleep(slot - now)
+            except BaseException:
+                if self._next == booked:  # the last slot booked, so no one queues behind it
+                    self._next = slot  # a query that leaves gives its slot back
+                raise
             finally:
                 controller.waiting -= 1
             if controller.changes == changes and controller.paused_until <= slot:
                 return
+
+    def _free_slot(self, now: float) -> float:
+        """Return the next free slot; after a cut (or a restore), those planned before lapse,
+        and the queries waiting for them line up again at the new rate."""
+        changes = self.controller.changes
+        if changes != self._changes:
+            self._changes = changes
+            self._next = now
+        return max(now, self._next)
+
+    def _book(self, slot: float) -> float:
+        """Book ``slot``; return where the next one starts."""
+        self._next = slot + 1.0 / self.controller.rate(slot)
+        return self._next
 
     def observe(self, *, sent_at: float, refused: bool, retry_after: float | None = None) -> float:
         now = time.monotonic()
