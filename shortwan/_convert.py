@@ -156,19 +156,13 @@ def request_from_args(args: Mapping[str, Any]) -> ImageToVideo:
     return request
 
 
-def _plain_query_data(data: object) -> QueryData | None:
-    """Read a well-formed query answer without the converter, or return None.
+def _plain_fields(data: object) -> dict[str, Any] | None:
+    """Return the fields of a well-formed query answer, checked as the converter would, or None.
 
     The answers of a healthy service all look alike; this reads them in a fraction of the
     converter's time. Anything unusual returns None and goes through the converter, which reads
     the lenient spellings and names every bad path.
     """
-    fields = _plain_fields(data)
-    return None if fields is None else QueryData(**fields)
-
-
-def _plain_fields(data: object) -> dict[str, Any] | None:
-    """Return the fields of a well-formed query answer, checked as the converter would, or None."""
     if type(data) is not dict:
         return None
     get = data.get

@@ -158,15 +158,8 @@ class QueryWorkers:
     def dispatch(self, record: JobRecord) -> None:
         """Have ``record`` asked about by a worker, as soon as one and a slot are free."""
         record.querying = True
-        if self._in_flight < self._limit:
-            idle = self._idle
-            while idle:
-                handoff = idle.popleft()
-                if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
-                    self._in_flight += 1
-                    handoff.set_result(record)
-                    return
         self._ready.append(record)
+        self._hand_on()
 
     async def ask_here(self, record: JobRecord) -> None:
         """Ask about ``record`` in the calling task, in one of the slots (see :attr:`has_room`)."""
@@ -183,7 +176,7 @@ class QueryWorkers:
         ready, idle = self._ready, self._idle
         while ready and idle and self._in_flight < self._limit:
             handoff = idle.popleft()
-            if not handoff.done():
+            if not handoff.done():  # a worker cancelled while idle leaves a dead handoff
                 self._in_flight += 1
                 handoff.set_result(ready.popleft())
 

@@ -66,13 +66,14 @@ class Waiters(Generic[_I]):
             self._more_indexes.setdefault(record.id, []).append(index)
         else:
             self._index_of[record.id] = index
+            # One callback per job: at its end, take_ended hands out every position at once.
+            record.add_done_callback(self._on_end)
         if self._keep_items:
             self._items[index] = item
         if self._timeout is not None:
             self._deadlines.append((time.monotonic() + self._timeout, index, record))
             if len(self._deadlines) == 1:
                 self._deadline_wake.set()
-        record.add_done_callback(self._on_end)
 
     def take_ended(self, record: JobRecord) -> list[tuple[int, _I | None]]:
         """Hand out the positions still waiting on ``record``, which has ended."""
