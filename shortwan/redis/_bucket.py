@@ -94,6 +94,11 @@ return {sent, refused}
 )
 
 
+def _whole(value: object) -> bool:
+    """Whether ``value`` is an int (a bool is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _rate(rate: float) -> float:
     value: object = rate
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -130,8 +135,7 @@ class RateBucket:
     def __init__(
         self, link: Link, name: str, *, rate: float, burst: int = 1, max_pause: float = 60.0
     ) -> None:
-        value: object = burst
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _whole(burst) or burst < 1:
             raise ValueError(f"burst must be an int >= 1, got {burst!r}")
         if not 0 <= max_pause < math.inf:
             raise ValueError(f"max_pause must be a number of seconds, got {max_pause!r}")
@@ -218,8 +222,7 @@ class WindowCounters:
     """
 
     def __init__(self, link: Link, name: str, *, horizon: int = 120) -> None:
-        value: object = horizon
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        if not _whole(horizon) or not 1 <= horizon <= 3600:
             raise ValueError(f"horizon must be an int from 1 to 3600 seconds, got {horizon!r}")
         self._link = link
         self.name = name
@@ -237,8 +240,7 @@ class WindowCounters:
 
     async def read(self, seconds: int) -> WindowStats:
         """Sum the last ``seconds`` whole seconds (the current, partial one is left out)."""
-        value: object = seconds
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _whole(seconds):
             raise TypeError(f"seconds must be an int, got {seconds!r}")
         if not 1 <= seconds <= self.horizon:
             raise ValueError(f"seconds must be from 1 to the horizon ({self.horizon})")
