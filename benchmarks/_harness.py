@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shortwan.testing import FakeProcess as FakeServer
 from shortwan.testing import fake_process as fake_server
-from shortwan.testing._redis_server import RedisServer, redis_server_binary
+from shortwan.testing._redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 __all__ = [
     "FakeServer",
@@ -117,7 +117,7 @@ def redis_process() -> Iterator[RedisServer]:
     """Run a redis-server on a free loopback port, persistence off, for the block."""
     binary = redis_server_binary()
     if binary is None:
-        raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        raise RuntimeError(INSTALL_HINT)
     with tempfile.TemporaryDirectory() as folder:
         server = RedisServer(binary, Path(folder))
         server.start()

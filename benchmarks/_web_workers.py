@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from benchmarks._harness import redis_process
 from shortwan import PollPolicy
+from shortwan.testing._redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "examples") not in sys.path:
@@ -49,13 +49,6 @@ async def app() -> web.Application:
         base_url=os.environ["FAKE_URL"],
         poll=poll,
     )
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
