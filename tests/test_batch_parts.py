@@ -193,8 +193,11 @@ class TestSenders:
             limits = Limits(max_connections=100, max_connections_per_host=100)
             async with client_for(fake, limits=limits, timeouts=timeouts) as client:
                 requests = [req(f"slow {i}") for i in range(40)]
+                first = None
                 async for outcome in client.generate_many(requests, concurrency=40):
+                    first = outcome
                     assert isinstance(outcome.error, SubmissionUncertainError)
                     # The first create to end: by then every one of them had reached the service.
                     assert fake.stats.jobs_created == 40
                     break
+                assert first is not None

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 from helpers import client_for, req
@@ -184,12 +186,17 @@ class TestHardLimit:
         assert run.accepted_between(5, 30) >= 0.9 * 40 * 25
 
     def test_noise_that_goes_away_is_forgotten(self) -> None:
-        """A noise learned once fades when the refusals stop, so a later limit is seen early."""
+        """A noise learned once fades when the refusals stop, so a later limit is seen early:
+        within 10 s of a 40/s limit, the limit learned is within 10 % of it."""
         controller = RateController(100.0)
         simulate(random_refusals(0.1, 1.0, 3), controller, seconds=20)
         assert controller.statistics(20.0).noise > 0.05
         run = simulate(random_refusals(0.0, 1.0, 0), controller, seconds=60, start=20.0)
         assert controller.statistics(run.end).noise == 0.0
+        run = simulate(token_bucket(40.0), controller, seconds=10, start=run.end)
+        learned = controller.statistics(run.end).limit
+        assert learned is not None
+        assert abs(learned - 40.0) <= 0.1 * 40.0
 
     def test_a_lifted_limit_is_left_behind(self) -> None:
         """When the service's limit goes away, the rate climbs back to the ceiling."""
@@ -224,13 +231,16 @@ class TestBounds:
         than the longest Retry-After given."""
         controller = RateController(ceiling)
         now = 0.0
+        longest = 0.0
         for gap, age, refused, retry_after in trace:
             now += gap
             controller.observe(sent_at=now - age, now=now, refused=refused, retry_after=retry_after)
+            if refused and retry_after is not None:
+                longest = max(longest, retry_after)
             rate = controller.rate(now)
             assert controller.floor <= rate <= ceiling
             assert math.isfinite(rate)
-            assert controller.paused_until - now <= 60.0 + 1e-9
+            assert controller.paused_until - now <= longest + 1e-9
             stats = controller.statistics(now)
             assert 0.0 <= stats.refusal_share <= 1.0
             assert 0.0 <= stats.noise <= 0.5
@@ -310,15 +320,44 @@ class TestClient:
 class TestLimiter:
     @pytest.mark.anyio
     async def test_a_cut_respaces_queries_already_waiting(self) -> None:
-        """Queries waiting for slots planned at the old rate line up again at the new one."""
+        """Queries waiting for slots planned at the old rate line up again at the new one: nine
+        queries asleep when the rate is cut take eight gaps at the new rate, not the old."""
         limiter = RateLimiter(1000.0)
-        for _ in range(5):
+        done: list[float] = []
+
+        async def query() -> None:
             await limiter.acquire()
-        now = time.monotonic()
-        for _ in range(8):
-            limiter.observe(sent_at=now, refused=True, retry_after=0.0)
-        assert limiter.rate < 1000.0
+            done.append(time.monotonic())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(query)
+            with anyio.fail_after(1):
+                while limiter.controller.waiting < 9:
+                    await anyio.lowlevel.checkpoint()
+            assert len(done) == 1
+            cut_at = time.monotonic()
+            for _ in range(8):
+                limiter.observe(sent_at=cut_at, refused=True, retry_after=0.0)
+            rate = limiter.rate
+            assert rate < 1000.0
+        assert len(done) == 10
+        assert max(done) - cut_at >= 8 / rate - 0.005
         started = time.monotonic()
         for _ in range(3):
             await limiter.acquire()
         assert time.monotonic() - started >= 2 / limiter.rate - 0.005
+
+    @pytest.mark.anyio
+    async def test_a_query_that_leaves_gives_its_slot_back(self) -> None:
+        """A waiter cancelled before its slot (its deadline passed) leaves that slot to the next
+        query, which then waits one gap, not two."""
+        limiter = RateLimiter(4.0)
+        await limiter.acquire()  # the first slot is now; the next is 0.25 s away
+        with anyio.move_on_after(0.05):
+            await limiter.acquire()
+        started = time.monotonic()
+        await limiter.acquire()
+        waited = time.monotonic() - started
+        assert waited <= 0.25 - 0.05 + 0.05, waited  # the freed slot, about 0.2 s away
+        assert waited >= 0.15, waited

@@ -304,9 +304,12 @@ WITHOUT_SPEED = textwrap.dedent(
     import json
     import sys
 
+    TRIED = []
+
     class NotInstalled(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.partition(".")[0] in ("orjson", "uvloop"):
+                TRIED.append(name)
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
 
@@ -335,6 +338,7 @@ WITHOUT_SPEED = textwrap.dedent(
             return [o.ok for o in outcomes], receiver.statistics().received
 
     ok, callbacks = anyio.run(main)
+    print(json.dumps({"tried": sorted(set(TRIED))}))
     print(json.dumps({
         "ok": ok,
         "callbacks": callbacks,
@@ -347,10 +351,13 @@ WITHOUT_SPEED = textwrap.dedent(
 
 
 def test_core_works_without_the_speed_extra() -> None:
-    """With orjson and uvloop absent, a batch with callbacks works and neither is imported."""
+    """With orjson and uvloop absent, a batch with callbacks works and neither is imported;
+    the core looks for orjson alone (uvloop is looked for only by the command's loop choice)."""
     done = run_python(WITHOUT_SPEED)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    *_, tried, last = done.stdout.strip().splitlines()
+    assert json.loads(tried) == {"tried": ["orjson"]}
+    report = json.loads(last)
     assert report["ok"] == [True] * 6
     assert report["callbacks"] >= 6
     assert report["orjson_available"] is False

@@ -49,14 +49,19 @@ class TestClientStatistics:
 
     @pytest.mark.anyio
     async def test_callback_figures_come_with_a_receiver(self) -> None:
-        """With a receiver, the snapshot counts its callbacks and its live tokens."""
+        """With a receiver, the snapshot counts its callbacks and its live tokens: one while a
+        job runs, none once it has ended."""
         async with (
-            FakeShortAPI(run_time=0.05) as fake,
+            FakeShortAPI(run_time=0.5) as fake,
             CallbackReceiver() as receiver,
             client_for(fake, callbacks=receiver) as client,
         ):
             with anyio.fail_after(10):
-                await client.generate(req("called back"))
+                job = await client.submit(req("called back"))
+                live = client.statistics().callbacks
+                assert live is not None
+                assert live.listening == 1
+                await job.result()
             stats = client.statistics().callbacks
         assert stats is not None
         assert stats.received >= 1
@@ -74,6 +79,13 @@ class TestReadOnlyCounters:
             for name in ("uncertain", "adopted", "committed", "refunded", "events_dropped"):
                 with pytest.raises(AttributeError):
                     setattr(table, name, 0)
+            await client.generate(req("counted"))
+            poller = client._engine.poller
+            sent = poller.queries_sent
+            assert sent >= 1
+            with pytest.raises(AttributeError):
+                poller.queries_sent = 0  # type: ignore[misc]
+            assert poller.queries_sent == sent
         for name in ("received", "rejected"):
             with pytest.raises(AttributeError):
                 setattr(receiver, name, 0)

@@ -217,8 +217,8 @@ async def test_soak(tmp_path: Path, callbacks: bool) -> None:
 
 @pytest.mark.anyio
 async def test_soak_delivers_more_than_a_plain_loop(tmp_path: Path) -> None:
-    """Under the same faults, the SDK delivers at least as many videos as a loop without
-    retries (and in practice far more)."""
+    """Under the same faults, the SDK delivers more videos than a loop without retries, which
+    still delivers some (so the faults leave both something to do)."""
     async with FakeShortAPI(**fake_options(21)) as fake:
         plain = await plain_loop(fake, requests())
     async with (
@@ -237,5 +237,5 @@ async def test_soak_delivers_more_than_a_plain_loop(tmp_path: Path) -> None:
         ):
             ours += outcome.ok
     print(f"videos: shortwan {ours}, plain loop without retries {plain}, of {COUNT}")
-    assert ours >= plain
+    assert 0 < plain < ours
     assert ours >= 0.85 * COUNT

@@ -98,17 +98,28 @@ class TestMoney:
         """Driven by the same calls, the shared counter and SpendBudget agree at every step."""
         cap = await shared.spend_counter("3")
         local = SpendBudget(D("3"))
+
+        async def agree() -> None:
+            expected = (local.spent, local.reserved)
+            assert (cap.spent, cap.reserved) == expected
+            figures = await cap.read()
+            assert (figures.spent, figures.reserved) == expected
+
+        await agree()
         steps = [D("0.425"), D("1.275"), D("0.85"), D("0.68"), D("0.17")]
         for amount in steps:
             assert await cap.reserve(amount) == await local.reserve(amount)
+            await agree()
         for amount, charged in [(D("0.425"), D("0.4")), (D("1.275"), None)]:
             await cap.settle(amount, charged)
             await local.settle(amount, charged)
+            await agree()
         await cap.release(D("0.85"))
         await local.release(D("0.85"))
+        await agree()
         await cap.refund(D("0.4"))
         await local.refund(D("0.4"))
-        assert (cap.spent, cap.reserved) == (local.spent, local.reserved)
+        await agree()
 
 
 class TestSettings:
