@@ -44,6 +44,9 @@ class Creator:
         target: what the receiver hands the callbacks of these creates to (the engine).
         max_in_flight: jobs created and not yet ended, at most (``None``: no limit).
         ensure_running: starts the client's background work, if it has not started yet.
+        claimed: awaited once a job is tracked, before its id leaves the create: with a shared
+            store, until this worker's claim on the job is written, so that a process which
+            hears of the job from the caller finds it claimed.
     """
 
     _transport: Transport
@@ -53,6 +56,7 @@ class Creator:
     _target: CallbackTarget
     _max_in_flight: int | None
     _ensure_running: Callable[[], None]
+    _claimed: Callable[[], Awaitable[None]] | None = None
     _slots: anyio.Semaphore | None = attrs.field(init=False, default=None)
     # Creates under way in tasks of their own; close waits for them.
     _creating: set[asyncio.Task[JobRecord]] = attrs.field(init=False, factory=set)
@@ -208,4 +212,6 @@ class Creator:
             self._poller.track(record)
             if receiver is not None and token is not None:
                 receiver.bind(token, record)
+        if self._claimed is not None:
+            await self._claimed()
         return record

@@ -79,6 +79,7 @@ class Engine:
             target=self,
             max_in_flight=max_in_flight,
             ensure_running=self._ensure_running,
+            claimed=None if self.sharing is None else self.sharing.claimed,
         )
         # Creating is the creator's: a job in the table before anything else can fail.
         self.create = self._creator.create

@@ -45,6 +45,9 @@ _PUBLISH_BATCH: Final = 256
 # many new jobs to claim) goes out in one round trip rather than one each. Nothing waits on it:
 # the jobs are polled meanwhile, and other processes hear of an end this much later.
 _GATHER: Final = 0.01
+# The longest a create waits for its claim to be written before its id is handed out: a store
+# that answers slowly delays creates by this much at most (their jobs are polled meanwhile).
+_CLAIM_WAIT: Final = 1.0
 # The longest the task sleeps between two looks at the store's state.
 _LOOK: Final = 1.0
 # Ends kept while the store is unreachable; past this, the oldest are dropped (they are then only
@@ -103,6 +106,8 @@ class Sharing:
         self._ttl = 2.0 * store.heartbeat
         self._watching: list[JobRecord] = []
         self._claiming: list[JobRecord] = []
+        # Set once the claims asked for since the last round are written (or cannot be).
+        self._claims_done: anyio.Event | None = None
         self._ends: deque[JobEnd] = deque()
         # Jobs another worker polls: id → the record and the cancel of the subscription to its end.
         self._elsewhere: dict[str, tuple[JobRecord, Callable[[], None]]] = {}
@@ -145,7 +150,25 @@ class Sharing:
         """Claim the polling of a job this client made (its polling starts meanwhile)."""
         if self.store.online:
             self._claiming.append(record)
+            if self._claims_done is None:
+                self._claims_done = anyio.Event()
             self._poke()
+
+    async def claimed(self) -> None:
+        """Wait until the claims of the jobs created so far are written (or cannot be).
+
+        A create awaits this before handing out its job's id: another worker told of the job at
+        once (a web backend's next request) then finds it claimed, and leaves its polling here.
+        """
+        done = self._claims_done
+        if done is not None:
+            with anyio.move_on_after(_CLAIM_WAIT):
+                await done.wait()
+
+    def _claims_settled(self) -> None:
+        done, self._claims_done = self._claims_done, None
+        if done is not None:
+            done.set()
 
     def ended(self, record: JobRecord) -> None:
         """Publish the end of ``record``, which the service just reported."""
@@ -228,7 +251,12 @@ class Sharing:
             await self._look_up(records)
         if self._claiming:
             records, self._claiming = self._claiming, []
-            await self._claim(records)
+            done, self._claims_done = self._claims_done, None
+            try:
+                await self._claim(records)
+            finally:
+                if done is not None:
+                    done.set()
         await self._publish()
         if self._in_outage:
             self._in_outage = False
@@ -325,6 +353,7 @@ class Sharing:
             if _live(record):
                 self._poller.schedule(record, 0.0)
         self._claiming.clear()
+        self._claims_settled()  # the creates waiting for their claims go on without
 
     def _outage(self, why: str) -> None:
         self._go_local()
@@ -355,3 +384,4 @@ class Sharing:
         self._elsewhere.clear()
         self._watching.clear()
         self._claiming.clear()
+        self._claims_settled()

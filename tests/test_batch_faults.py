@@ -94,6 +94,9 @@ class TestItemsThatCannotWork:
     @pytest.mark.anyio
     async def test_a_failing_spend_counter_is_an_outcome_not_a_hang(self) -> None:
         class Broken:
+            limit = Decimal(10)
+            committed = Decimal(0)
+
             async def reserve(self, amount: Decimal) -> bool:
                 raise ConnectionError("the shared counter is down")
 

@@ -12,7 +12,7 @@ import json
 import secrets
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -51,33 +51,46 @@ async def backend(
         yield base
 
 
-async def submit(base: str, args: dict[str, Any]) -> tuple[str, int]:
-    async with fresh_session() as session:
-        status, body = await get_json(session, "POST", f"{base}/videos", args)
-    assert status == 202, body
-    return body["job_id"], body["worker"]
-
-
-async def wait_elsewhere(base: str, job_id: str, not_on: int) -> dict[str, Any]:
-    """Await ``job_id`` through a worker other than ``not_on``: find one on a kept connection."""
+@asynccontextmanager
+async def kept_on(base: str, wanted: Callable[[int], bool]) -> AsyncIterator[aiohttp.ClientSession]:
+    """Yield a session whose one kept connection is served by a worker ``wanted`` accepts."""
     while True:
         connector = aiohttp.TCPConnector(limit=1)  # one connection: every request, one worker
         async with aiohttp.ClientSession(connector=connector) as session:
             _status, me = await get_json(session, "GET", f"{base}/stats")
-            if me["worker"] == not_on:
-                continue
-            status, body = await get_json(session, "GET", f"{base}/videos/{job_id}?wait=20")
-            assert status == 200, body
-            assert body["worker"] == me["worker"] != not_on
-            return dict(body)
+            if wanted(me["worker"]):
+                yield session
+                return
+
+
+async def submit(base: str, args: dict[str, Any], on: int | None = None) -> tuple[str, int]:
+    """Submit a job through worker ``on``, or through whichever the kernel picks."""
+    chosen = fresh_session() if on is None else kept_on(base, lambda worker: worker == on)
+    async with chosen as session:
+        status, body = await get_json(session, "POST", f"{base}/videos", args)
+    assert status == 202, body
+    assert on is None or body["worker"] == on
+    return body["job_id"], body["worker"]
+
+
+async def wait_elsewhere(base: str, job_id: str, not_on: int) -> dict[str, Any]:
+    """Await ``job_id`` through a worker other than ``not_on``."""
+    async with kept_on(base, lambda worker: worker != not_on) as session:
+        status, body = await get_json(session, "GET", f"{base}/videos/{job_id}?wait=20")
+    assert status == 200, body
+    assert body["worker"] != not_on
+    return dict(body)
 
 
 async def run_jobs(base: str, count: int, tag: str) -> list[tuple[str, int, dict[str, Any]]]:
-    """Submit ``count`` jobs and await each through another worker; return what was seen."""
+    """Submit ``count`` jobs through each worker in turn and await each through another one;
+    return what was seen."""
+    workers = sorted(await worker_stats(base, 4))
     seen: list[tuple[str, int, dict[str, Any]]] = []
 
     async def one(i: int) -> None:
-        job_id, submitted_on = await submit(base, {**ARGS, "prompt": f"{tag} {i}"})
+        on = workers[i % len(workers)]
+        job_id, submitted_on = await submit(base, {**ARGS, "prompt": f"{tag} {i}"}, on)
         seen.append((job_id, submitted_on, await wait_elsewhere(base, job_id, submitted_on)))
 
     async with anyio.create_task_group() as tg:
@@ -100,7 +113,7 @@ async def test_four_workers_deliver_every_job(redis_server: RedisServer, tmp_pat
     assert len(seen) == n
     assert all(body["status"] == "succeeded" for _id, _on, body in seen)
     assert all(body["url"].startswith(fake.url) for _id, _on, body in seen)
-    assert len({on for _id, on, _body in seen}) >= 2  # submitted through several workers
+    assert len({on for _id, on, _body in seen}) == 4  # submitted through every worker
     assert stats.callbacks_sent == n, stats.summary()
     assert stats.callbacks_failed == 0, stats.summary()  # not one 404 (nor another refusal)
     assert stats.jobs_created == n
