@@ -148,4 +148,8 @@ class TestFuzz:
 
         fast = _plain_fields(value)
         if fast is not None:
-            assert QueryData(**fast) == structure_answer(value, QueryData, what="query")
+            read = QueryData(**fast)
+            converted = structure_answer(value, QueryData, what="query")
+            # NaN (which the stdlib reader accepts) is never equal to itself: then the two
+            # readings must at least print the same.
+            assert read == converted or repr(read) == repr(converted)
