@@ -250,7 +250,14 @@ async def test_redis_stopped_the_safety_net_delivers(
         FakeShortAPI(run_time=1.0) as fake,
         backend(fake, restartable_redis, tmp_path, callback_interval=1.0) as base,
     ):
-        jobs = [await submit(base, {**ARGS, "prompt": f"down {i}"}) for i in range(n)]
+        # Through each worker in turn: wherever the kernel hands the callbacks (often all to
+        # one worker), most of them land on a worker that did not make their job.
+        workers = sorted(await worker_stats(base, 4))
+        jobs = [
+            await submit(base, {**ARGS, "prompt": f"down {i}"}, workers[i % len(workers)])
+            for i in range(n)
+        ]
+        assert len({on for _id, on in jobs}) == 4
         restartable_redis.stop()
         results = []
         async with fresh_session() as session:
