@@ -24,7 +24,7 @@ from redis.typing import EncodableT
 
 from .._aio import wait_through_cancellation
 from .._errors import ConfigurationError, SharedStateError
-from ._lua import Call, Script, run_pipelined
+from ._lua import Call, Script, run_bundled
 
 __all__ = [
     "SCHEMA",
@@ -202,7 +202,7 @@ class Link:
         return result
 
     async def run_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Run several script calls in one round trip (see :func:`run_pipelined`).
+        """Run several script calls, in order, in one round trip (see :func:`run_bundled`).
 
         A call the server refused is answered by a :class:`~shortwan.SharedStateError` in its
         place; the others stand.
@@ -210,7 +210,7 @@ class Link:
         Raises:
             SharedStateError: the server could not be reached (some calls may have run).
         """
-        replies = await self.call(lambda: run_pipelined(self.redis, calls))
+        replies = await self.call(lambda: run_bundled(self.redis, calls))
         return [
             SharedStateError(f"Redis at {self.address} refused a call: {reply}")
             if isinstance(reply, RedisError)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT
 
-__all__ = ["CALENDAR", "PRELUDE", "Script", "run_pipelined"]
+__all__ = ["CALENDAR", "PRELUDE", "Script", "run_bundled"]
+
+# Calls per run of a bundle (see run_bundled): one run stays short, as the server serves nobody
+# else meanwhile.
+_BUNDLE: Final = 128
 
 # Shared helpers, pasted in front of the scripts that need them.
 PRELUDE = """
@@ -85,11 +89,13 @@ end
 class Script:
     """One Lua script, called by its SHA and loaded again when the server has forgotten it."""
 
-    __slots__ = ("sha", "text")
+    __slots__ = ("body", "calendar", "sha", "text")
 
     _every: ClassVar[list[Script]] = []
 
     def __init__(self, body: str, *, calendar: bool = False) -> None:
+        self.body = body
+        self.calendar = calendar
         self.text = PRELUDE + (CALENDAR if calendar else "") + body
         self.sha = hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
         Script._every.append(self)
@@ -116,31 +122,102 @@ class Script:
 Call = tuple[Script, Sequence[str], Sequence[EncodableT]]
 
 
-async def run_pipelined(redis: Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run every ``(script, keys, args)`` in one round trip; return each reply, in order.
+# Each script of a bundle, as a function of its own keys and arguments. The calls follow in ARGV:
+# for each, the script's index, the number of its keys and of its arguments, then those. Each
+# call runs in pcall, so an error answers that call alone, as it would have in a run of its own;
+# a script that returns nothing answers nil, which an array can only hold as false.
+_BUNDLE_RUN = """
+local out, i, c = {}, 1, 0
+while i <= #ARGV do
+  local f, nk, na = fns[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local keys, args = {}, {}
+  for k = 1, nk do keys[k] = ARGV[i + 2 + k] end
+  for k = 1, na do args[k] = ARGV[i + 2 + nk + k] end
+  i = i + 3 + nk + na
+  local ok, reply = pcall(f, keys, args)
+  if not ok then
+    if type(reply) ~= 'table' or not reply.err then reply = {err = tostring(reply)} end
+  elseif reply == nil then
+    reply = false
+  end
+  c = c + 1
+  out[c] = reply
+end
+return out
+"""
 
-    A call refused with an error is answered by that error (an exception in its place), so
-    one caller's trouble is not everyone's. A call refused because the server had lost its script
-    (a restart) is sent again once the script is loaded, and only it: a call that ran is never
-    run twice.
+_bundles: dict[tuple[Script, ...], Script] = {}
+
+
+def _bundle(scripts: tuple[Script, ...]) -> Script:
+    """Return the script that runs any sequence of calls to ``scripts`` (made once, kept)."""
+    found = _bundles.get(scripts)
+    if found is None:
+        functions = "".join(
+            f"fns[{n}] = function(KEYS, ARGV)\n{script.body}\nend\n"
+            for n, script in enumerate(scripts, 1)
+        )
+        found = _bundles[scripts] = Script(
+            "local fns = {}\n" + functions + _BUNDLE_RUN,
+            calendar=any(script.calendar for script in scripts),
+        )
+    return found
+
+
+def _packed(calls: Sequence[Call]) -> tuple[Script, list[EncodableT]]:
+    scripts: dict[Script, int] = {}
+    args: list[EncodableT] = []
+    for script, keys, values in calls:
+        n = scripts.setdefault(script, len(scripts) + 1)
+        args += (n, len(keys), len(values), *keys, *values)
+    return _bundle(tuple(scripts)), args
+
+
+async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run every ``(script, keys, args)`` in order, in one round trip; return each reply.
+
+    The calls go as a few runs of one script that runs each of them in turn (a bundle), so the
+    client writes and reads a few commands, not one per call: most of what a call to Redis costs
+    the client is per command. Keys travel as arguments, which a single server allows. A call
+    refused with an error is answered by that error in its place, so one caller's trouble is not
+    everyone's. A run refused because the server had lost its script (a restart) did not run,
+    and is sent again once the script is loaded.
     """
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
+    if not calls:
+        return []
+    runs = [_packed(calls[i : i + _BUNDLE]) for i in range(0, len(calls), _BUNDLE)]
+    results: list[Any] = [None] * len(runs)
+    todo = list(range(len(runs)))
     for attempt in (1, 2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                script, keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+        if len(todo) == 1:
+            script, args = runs[todo[0]]
+            try:
+                got: list[Any] = [await redis.evalsha(script.sha, 0, *args)]
+            except ResponseError as exc:  # NoScriptError included
+                got = [exc]
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    script, args = runs[i]
+                    pipe.evalsha(script.sha, 0, *args)
+                got = await pipe.execute(raise_on_error=False)
         lost = []
-        for i, result in zip(todo, results, strict=True):
+        for i, result in zip(todo, got, strict=True):
             if attempt == 1 and isinstance(result, NoScriptError):
-                lost.append(i)
+                lost.append(i)  # refused before it ran: sent again once loaded
             else:
-                replies[i] = result
+                results[i] = result
         if not lost:
             break
-        for script in {calls[i][0] for i in lost}:
-            await script.load(redis)
+        for i in lost:
+            await runs[i][0].load(redis)
         todo = lost
+    replies: list[Any] = []
+    for start, result in zip(range(0, len(calls), _BUNDLE), results, strict=True):
+        size = min(_BUNDLE, len(calls) - start)
+        if isinstance(result, list) and len(result) == size:
+            replies += result
+        else:  # the whole run was refused (or answered in a shape no run gives)
+            error = result if isinstance(result, ResponseError) else None
+            replies += [error or ResponseError(f"a bundled run answered {result!r:.80}")] * size
     return replies

@@ -1,0 +1,102 @@
+"""Script calls run as bundles: one command for many calls, each answered as if it ran alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from shortwan.redis import SharedState
+from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
+
+pytestmark = pytest.mark.anyio
+
+# ARGV: a key, an amount. Adds it and returns the new total.
+ADD = Script("return redis.call('INCRBY', ARGV[1], ARGV[2])")
+# KEYS: a key. Returns its value, or nothing (nil) when it is missing.
+GET = Script("return redis.call('GET', KEYS[1])")
+# ARGV: a key. Pushes onto it, then fails: the write before the error stands, as in a run alone.
+FAIL = Script("redis.call('RPUSH', ARGV[1], 'before')\nreturn redis.error_reply('refused here')")
+# A Lua error of the script's own (not a reply): reported as the call's error.
+BROKEN = Script("local t = nil\nreturn t.field")
+# Several values of several kinds, and one that uses the shared helpers.
+MIXED = Script("return {1, 'two', {3}, int(4.0)}")
+DAY = Script("return window_at('day', 0)", calendar=True)
+
+
+async def evalsha_calls(state: SharedState) -> int:
+    stats = await state.redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def alone(state: SharedState, call: Call) -> Any:
+    script, keys, args = call
+    try:
+        return await script(state.redis, keys, args)
+    except ResponseError as exc:
+        return exc
+
+
+async def test_each_call_answered_as_if_run_alone(shared: SharedState, namespace: str) -> None:
+    key, missing, listed = f"{namespace}:n", f"{namespace}:none", f"{namespace}:list"
+    calls: list[Call] = [
+        (ADD, (), (key, 5)),
+        (GET, (key,), ()),
+        (GET, (missing,), ()),
+        (FAIL, (), (listed,)),
+        (ADD, (), (key, 2)),
+        (BROKEN, (), ()),
+        (MIXED, (), ()),
+        (DAY, (), ()),
+    ]
+    await run_bundled(shared.redis, calls)  # the server learns the bundle
+    await shared.redis.delete(key, listed)
+    runs = await evalsha_calls(shared)
+    bundled = await run_bundled(shared.redis, calls)
+    assert await evalsha_calls(shared) - runs == 1  # one command for all eight calls
+    assert bundled[:3] == [5, b"5", None]
+    assert isinstance(bundled[3], ResponseError)
+    assert "refused here" in str(bundled[3])
+    assert bundled[4] == 7  # the calls after an error still ran, in order
+    assert isinstance(bundled[5], ResponseError)
+    assert bundled[6:] == [[1, b"two", [3], b"4"], b"d1970-01-01"]
+    assert await shared.redis.lrange(listed, 0, -1) == [b"before"]  # its write stands
+
+    await shared.redis.delete(key, listed)
+    one_by_one = [await alone(shared, call) for call in calls]
+    assert [r for r in one_by_one if not isinstance(r, ResponseError)] == [
+        r for r in bundled if not isinstance(r, ResponseError)
+    ]
+    assert [isinstance(r, ResponseError) for r in one_by_one] == [
+        isinstance(r, ResponseError) for r in bundled
+    ]
+    assert str(one_by_one[3]) == str(bundled[3])
+
+
+async def test_many_calls_in_order_over_several_runs(shared: SharedState, namespace: str) -> None:
+    key = f"{namespace}:n"
+    n = 2 * _BUNDLE + 7
+    calls: list[Call] = [(ADD, (), (key, 1)) for _ in range(n)]
+    calls[_BUNDLE + 1] = (FAIL, (), (f"{namespace}:list",))
+    replies = await run_bundled(shared.redis, calls)
+    assert len(replies) == n
+    assert isinstance(replies[_BUNDLE + 1], ResponseError)
+    counts = [r for r in replies if not isinstance(r, ResponseError)]
+    assert counts == list(range(1, n))  # each ran once, in the order given
+    assert await run_bundled(shared.redis, []) == []
+
+
+async def test_lost_scripts_loaded_and_each_call_run_once(
+    shared: SharedState, namespace: str
+) -> None:
+    """A server that forgot its scripts (a restart) refuses the runs before they run: they are
+    sent again once loaded, and no call runs twice."""
+    key = f"{namespace}:n"
+    calls: list[Call] = [(ADD, (), (key, 1)) for _ in range(_BUNDLE + 3)]
+    await run_bundled(shared.redis, calls)  # both bundles known to the server
+    await shared.redis.script_flush()
+    replies = await run_bundled(shared.redis, calls)
+    assert replies == list(range(len(calls) + 1, 2 * len(calls) + 1))
+    await shared.redis.script_flush()
+    assert await run_bundled(shared.redis, calls[:1]) == [2 * len(calls) + 1]
