@@ -29,7 +29,7 @@ import anyio
 
 from .._errors import SharedStateError
 from .._rate import RateController, RateCurve, RateLimiter, RateStatistics
-from ._core import Grouped, Link, text
+from ._core import Link, text
 from ._lua import Script
 
 __all__ = ["SharedQueryBudget"]
@@ -43,8 +43,9 @@ _SHARE_SECONDS: Final = 3
 _CLOCK_EVERY: Final = 30.0
 
 # KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed.
-# Books the next free slot and counts the send; returns the wait, the server's time, the pause,
-# the version and curve of the shared copy, and the sends of every process over whole seconds.
+# Books the next free slot and counts the send; returns, in one line, the wait, the server's
+# time, the pause, the version of the shared copy, the sends of every process over whole seconds,
+# the second they end at, and the shared curve.
 _TAKE = Script(
     """
 local now = now_s()
@@ -62,8 +63,8 @@ local sent = 0
 for s = second - tonumber(ARGV[3]), second - 1 do
   sent = sent + tonumber(redis.call('GET', KEYS[1] .. ':sent:' .. s) or '0')
 end
-return {string.format('%.6f', slot - now), string.format('%.6f', now),
-  string.format('%.6f', paused), h[3] or '0', h[4] or '', tostring(sent), tostring(second)}
+return string.format('%.6f %.6f %.6f ', slot - now, now, paused) .. (h[3] or '0') .. ' '
+  .. tostring(sent) .. ' ' .. tostring(second) .. ' ' .. (h[4] or '')
 """
 )
 
@@ -153,8 +154,9 @@ class SharedQueryBudget:
         self._all = 0
         self._all_until = 0
         self._alone = True  # pacing locally: Redis could not be reached
-        # Takes made while one is on its way go together in the next round trip.
-        self._takes = Grouped(link)
+        # Takes made while a round trip is on its way go together in the next one, with whatever
+        # else the process asks at that moment.
+        self._takes = link.grouped
         self._writing = -1  # the controller's edits that a write on its way carries
 
     def __repr__(self) -> str:
@@ -227,7 +229,9 @@ class SharedQueryBudget:
         if isinstance(reply, SharedStateError):
             raise reply
         after = time.monotonic()
-        wait, server_now, paused, version, curve, sent, second = (text(x) for x in reply)
+        # One line (a reply of one element costs the client less to read); the curve, JSON
+        # with spaces in it, comes last.
+        wait, server_now, paused, version, sent, second, curve = text(reply).split(" ", 6)
         self._clock(float(server_now), before, after)
         self._count(int(second), int(sent))
         self._follow(int(version), curve, float(paused))

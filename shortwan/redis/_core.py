@@ -44,6 +44,8 @@ SCHEMA: Final = "shortwan.redis"
 SCHEMA_VERSION: Final = 1
 """Bumped whenever the key layout or a value's shape changes; other versions are refused."""
 
+# How long a round waits after its first call for others to join it, while calls come in bursts.
+_GATHER: Final = 0.001
 # While the server is unreachable, it is asked again this often.
 _RETRY_EVERY: Final = 0.25
 UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -155,6 +157,7 @@ class Link:
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started = anyio.Event()
+        self.grouped = Grouped(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "online" if self._online else "offline"
@@ -176,8 +179,16 @@ class Link:
     # --- calls ---------------------------------------------------------------------------------
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
-        """Run a registered script through :meth:`call`."""
-        return await self.call(lambda: script(self.redis, keys, args))
+        """Run a registered script, along with the other script calls made at the same moment.
+
+        Every piece sharing this link calls through one :class:`Grouped`, so what they ask at
+        once costs one round trip. Errors are those of :meth:`call`.
+        """
+        if self._closed:
+            raise RuntimeError("the shared state is closed")
+        if self._task_group is None:  # not started yet: on its own
+            return await self.call(lambda: script(self.redis, keys, args))
+        return await self.grouped.call(script, args, keys=keys)
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Await ``operation()`` (a call to Redis), translating its failures.
@@ -342,14 +353,17 @@ class Grouped:
         # One task sends every round, started by the first call and woken by the next ones: a
         # wake-up costs less than a task.
         self._wake: asyncio.Event | None = None
+        self._busy = False  # the last round carried more than one call
 
-    async def call(self, script: Script, args: Sequence[EncodableT]) -> Any:
-        """Run ``script`` with ``args`` (no keys) along with the others; return its reply.
+    async def call(
+        self, script: Script, args: Sequence[EncodableT], *, keys: Sequence[str] = ()
+    ) -> Any:
+        """Run ``script`` with ``keys`` and ``args`` along with the others; return its reply.
 
         Raises:
             SharedStateError: the server could not be reached, or refused this call.
         """
-        [reply] = await self.call_all([(script, (), args)])
+        [reply] = await self.call_all([(script, keys, args)])
         if isinstance(reply, SharedStateError):
             raise reply
         return reply
@@ -384,9 +398,15 @@ class Grouped:
             while True:
                 assert self._wake is not None  # noqa: S101 - set by the call that started this
                 await self._wake.wait()
+                if self._busy:
+                    # Calls come many at a time lately: a moment for the others woken with the
+                    # first one, so a burst costs one round trip, not one each. (A lone caller
+                    # is not kept waiting.)
+                    await asyncio.sleep(_GATHER)
                 self._wake.clear()
                 while self._waiting:
                     batch, self._waiting = self._waiting, []
+                    self._busy = len(batch) > 1
                     await self._round(batch)
                     batch = []
         finally:

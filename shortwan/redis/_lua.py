@@ -122,25 +122,36 @@ class Script:
 Call = tuple[Script, Sequence[str], Sequence[EncodableT]]
 
 
-# Each script of a bundle, as a function of its own keys and arguments. The calls follow in ARGV:
-# for each, the script's index, the number of its keys and of its arguments, then those. Each
-# call runs in pcall, so an error answers that call alone, as it would have in a run of its own;
-# a script that returns nothing answers nil, which an array can only hold as false.
+# Each script of a bundle, as a function of its own keys and arguments. Each call is one
+# argument: its fields (the script's index, the number of its keys, then the keys and the
+# arguments) each written as its length in bytes, a colon and its bytes, so any bytes may travel.
+# Each call runs in pcall, so an error answers that call alone, as it would have in a run of its
+# own; a script that returns nothing answers nil, which an array can only hold as false.
 _BUNDLE_RUN = """
-local out, i, c = {}, 1, 0
-while i <= #ARGV do
-  local f, nk, na = fns[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local function fields(s)
+  local out, pos, n = {}, 1, 0
+  while pos <= #s do
+    local colon = string.find(s, ':', pos, true)
+    local size = tonumber(string.sub(s, pos, colon - 1))
+    n = n + 1
+    out[n] = string.sub(s, colon + 1, colon + size)
+    pos = colon + size + 1
+  end
+  return out, n
+end
+local out = {}
+for c = 1, #ARGV do
+  local f, n = fields(ARGV[c])
+  local nk = tonumber(f[2])
   local keys, args = {}, {}
-  for k = 1, nk do keys[k] = ARGV[i + 2 + k] end
-  for k = 1, na do args[k] = ARGV[i + 2 + nk + k] end
-  i = i + 3 + nk + na
-  local ok, reply = pcall(f, keys, args)
+  for k = 1, nk do keys[k] = f[2 + k] end
+  for k = 3 + nk, n do args[k - 2 - nk] = f[k] end
+  local ok, reply = pcall(fns[tonumber(f[1])], keys, args)
   if not ok then
     if type(reply) ~= 'table' or not reply.err then reply = {err = tostring(reply)} end
   elseif reply == nil then
     reply = false
   end
-  c = c + 1
   out[c] = reply
 end
 return out
@@ -164,13 +175,29 @@ def _bundle(scripts: tuple[Script, ...]) -> Script:
     return found
 
 
+def _field(value: EncodableT) -> bytes:
+    # As redis-py encodes an argument: text as UTF-8, numbers as their repr.
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        data = repr(value).encode()
+    elif isinstance(value, memoryview):
+        data = value.tobytes()
+    else:
+        raise TypeError(f"a script argument must be text, bytes or a number, not {value!r}")
+    return b"%d:%s" % (len(data), data)
+
+
 def _packed(calls: Sequence[Call]) -> tuple[Script, list[EncodableT]]:
     scripts: dict[Script, int] = {}
-    args: list[EncodableT] = []
+    packed: list[EncodableT] = []
     for script, keys, values in calls:
         n = scripts.setdefault(script, len(scripts) + 1)
-        args += (n, len(keys), len(values), *keys, *values)
-    return _bundle(tuple(scripts)), args
+        head = b"%d:%d%d:%d" % (len(str(n)), n, len(str(len(keys))), len(keys))
+        packed.append(b"".join([head, *map(_field, keys), *map(_field, values)]))
+    return _bundle(tuple(scripts)), packed
 
 
 async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:

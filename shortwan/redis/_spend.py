@@ -25,7 +25,7 @@ from redis.typing import EncodableT
 
 from .._errors import ConfigurationError, SharedStateError
 from ._books import OPEN, READ, REFUND, RENEW, RESERVE, SETTLE
-from ._core import Grouped, Link, text
+from ._core import Link, text
 from ._lua import Script
 
 __all__ = ["SharedSpendCounter", "SpendFigures"]
@@ -135,8 +135,8 @@ class SharedSpendCounter:
         # Taken without a trip through the event loop when it is free (the usual case).
         self._flushing = anyio.Lock(fast_acquire=True)
         # Reservations, settles, releases and refunds asked for at once by many creates go to
-        # the server together, in order.
-        self._calls = Grouped(link)
+        # the server together, in order, with whatever else the process asks at that moment.
+        self._calls = link.grouped
         # In which window each settled charge landed, so that its refund leaves the same one.
         self._charged_in: dict[Decimal, deque[str]] = {}
         self._charges = 0

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -168,6 +169,31 @@ class TestBurstsShareATake:
         # 40 slots at 100 a second: the last goes about 0.39 s after the first.
         assert max(done) >= 0.39 - 0.02, done
         assert max(done) - min(done) >= 0.37, done
+
+    async def test_takes_and_spend_calls_share_round_trips(
+        self, shared: SharedState, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """What the pieces of one process ask at once (slot takes, reservations, settles,
+        polling claims) goes out together: one round trip per burst, not one per piece."""
+        budget = shared.query_budget(1e6)  # no query waits for its slot: one burst throughout
+        cap = await shared.spend_counter("100")
+        await budget.acquire()
+        trips = count_round_trips(shared, monkeypatch)
+
+        async def create(i: int) -> None:
+            assert await cap.reserve(Decimal("0.17"))
+            await budget.acquire()
+            await shared.jobs.claim([f"job-{i}"], ttl=5.0)
+            await cap.settle(Decimal("0.17"), Decimal("0.17"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(create, i)
+        assert sum(trips) == 4 * 30  # each call made, and answered on its own...
+        assert len(trips) <= 12, trips  # ...in a few rounds that carry every kind at once
+        assert (await cap.read()).spent == Decimal("5.1")
+        holders = await shared.jobs.claim([f"job-{i}" for i in range(30)], ttl=5.0)
+        assert set(holders.values()) == {shared.worker_id}
 
     async def test_a_cancelled_acquirer_strands_no_one(
         self, redis_server: RedisServer, shared: SharedState, namespace: str

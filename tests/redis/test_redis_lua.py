@@ -23,6 +23,8 @@ BROKEN = Script("local t = nil\nreturn t.field")
 # Several values of several kinds, and one that uses the shared helpers.
 MIXED = Script("return {1, 'two', {3}, int(4.0)}")
 DAY = Script("return window_at('day', 0)", calendar=True)
+# Its keys and arguments as they arrived.
+ECHO = Script("return {KEYS, ARGV}")
 
 
 async def evalsha_calls(state: SharedState) -> int:
@@ -100,3 +102,22 @@ async def test_lost_scripts_loaded_and_each_call_run_once(
     assert replies == list(range(len(calls) + 1, 2 * len(calls) + 1))
     await shared.redis.script_flush()
     assert await run_bundled(shared.redis, calls[:1]) == [2 * len(calls) + 1]
+
+
+async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
+    """Keys and arguments travel inside one packed argument each: colons, digits, empty values,
+    bytes that are not UTF-8 and numbers arrive exactly as redis-py would have sent them."""
+    values = ["", "1:2:3", "12:", b"\xff\x00:\n", "é", 7, -3, 0.25, 1e-7, "9" * 300]
+    calls: list[Call] = [
+        (ECHO, (), values),
+        (ECHO, ("k:1", ""), ()),
+        (ECHO, (), ()),
+        (ECHO, ("x",), ("y",)),
+    ]
+    bundled = await run_bundled(shared.redis, calls)
+    direct = [await alone(shared, call) for call in calls]
+    assert bundled == direct
+    assert bundled[0][1][3] == b"\xff\x00:\n"
+    assert bundled[1] == [[b"k:1", b""], []]
+    with pytest.raises(TypeError):
+        await run_bundled(shared.redis, [(ECHO, (), (None,))])  # type: ignore[list-item]
