@@ -106,8 +106,10 @@ class Sharing:
         self._ttl = 2.0 * store.heartbeat
         self._watching: list[JobRecord] = []
         self._claiming: list[JobRecord] = []
-        # Set once the claims asked for since the last round are written (or cannot be).
-        self._claims_done: anyio.Event | None = None
+        # Set once the claims asked for since the last round are written (or cannot be), or
+        # by its timer after _CLAIM_WAIT: one timer per round, not one per waiting create.
+        self._claims_done: asyncio.Event | None = None
+        self._claims_timer: asyncio.TimerHandle | None = None
         self._ends: deque[JobEnd] = deque()
         # Jobs another worker polls: id → the record and the cancel of the subscription to its end.
         self._elsewhere: dict[str, tuple[JobRecord, Callable[[], None]]] = {}
@@ -151,7 +153,8 @@ class Sharing:
         if self.store.online:
             self._claiming.append(record)
             if self._claims_done is None:
-                self._claims_done = anyio.Event()
+                done = self._claims_done = asyncio.Event()
+                self._claims_timer = asyncio.get_running_loop().call_later(_CLAIM_WAIT, done.set)
             self._poke()
 
     async def claimed(self) -> None:
@@ -162,13 +165,20 @@ class Sharing:
         """
         done = self._claims_done
         if done is not None:
-            with anyio.move_on_after(_CLAIM_WAIT):
-                await done.wait()
+            await done.wait()  # set within _CLAIM_WAIT in any case
 
-    def _claims_settled(self) -> None:
+    def _take_claims_round(self) -> Callable[[], None]:
+        """Take the round of claims asked for so far; return what tells its creates it is over."""
         done, self._claims_done = self._claims_done, None
-        if done is not None:
-            done.set()
+        timer, self._claims_timer = self._claims_timer, None
+
+        def over() -> None:
+            if timer is not None:
+                timer.cancel()
+            if done is not None:
+                done.set()
+
+        return over
 
     def ended(self, record: JobRecord) -> None:
         """Publish the end of ``record``, which the service just reported."""
@@ -251,12 +261,11 @@ class Sharing:
             await self._look_up(records)
         if self._claiming:
             records, self._claiming = self._claiming, []
-            done, self._claims_done = self._claims_done, None
+            over = self._take_claims_round()
             try:
                 await self._claim(records)
             finally:
-                if done is not None:
-                    done.set()
+                over()
         await self._publish()
         if self._in_outage:
             self._in_outage = False
@@ -353,7 +362,7 @@ class Sharing:
             if _live(record):
                 self._poller.schedule(record, 0.0)
         self._claiming.clear()
-        self._claims_settled()  # the creates waiting for their claims go on without
+        self._take_claims_round()()  # the creates waiting for their claims go on without
 
     def _outage(self, why: str) -> None:
         self._go_local()
@@ -384,4 +393,4 @@ class Sharing:
         self._elsewhere.clear()
         self._watching.clear()
         self._claiming.clear()
-        self._claims_settled()
+        self._take_claims_round()()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -383,3 +384,30 @@ class TestSpend:
         async with await connect(redis_server.url, namespace=shared.namespace) as other:
             with pytest.raises(ConfigurationError, match="no limit yet"):
                 await other.spend_counter(None)  # the default counter was never opened
+
+
+async def test_a_hung_store_delays_a_create_by_the_claim_wait_at_most(
+    restartable_redis: RedisServer, namespace: str
+) -> None:
+    """A server that stops answering (not gone: its calls hang) holds a create back until its
+    claim is written, then at most about a second: the job is handed out, and polled here."""
+    server = restartable_redis
+    assert server.process is not None
+    async with (
+        FakeShortAPI(run_time=0.3) as fake,
+        await connect(server.url, namespace=namespace, command_timeout=30) as state,
+        client(fake, state) as sw,
+    ):
+        first = await sw.submit(req("before"))
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with anyio.fail_after(5):
+                job = await sw.submit(req("while hung"))
+            waited = time.monotonic() - started
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert waited >= 0.9  # it did wait for the claim, which could not be written
+        with anyio.fail_after(20):
+            results = [await first.result(), await job.result()]
+    assert all(result.url.startswith(fake.url) for result in results)
