@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "examples") not in sys.path:
     sys.path.insert(0, str(ROOT / "examples"))
 
-import multiworker_backend  # noqa: E402 - found through the path set just above
+import multiworker_backend  # type: ignore[import-not-found]  # noqa: E402 - on the path set above
 
 
 async def app() -> web.Application:
@@ -41,7 +41,7 @@ async def app() -> web.Application:
         max_queries_per_second=500,
         callback_interval=float(os.environ.get("CALLBACK_INTERVAL", "30")),
     )
-    return await multiworker_backend.make_app(
+    built: web.Application = await multiworker_backend.make_app(
         public_url=os.environ["PUBLIC_URL"],
         redis_url=os.environ["REDIS_URL"],
         namespace=os.environ["NAMESPACE"],
@@ -49,6 +49,7 @@ async def app() -> web.Application:
         base_url=os.environ["FAKE_URL"],
         poll=poll,
     )
+    return built
 
 
 @contextlib.contextmanager

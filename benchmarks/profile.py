@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -75,7 +75,7 @@ def profile_run(
         µs of own time per job by group (scaled to the unprofiled CPU), the unprofiled CPU per
         job in µs, and the raw statistics.
     """
-    codec = "orjson" if speed and contender != "raw" else "stdlib"
+    codec: Literal["orjson", "stdlib"] = "orjson" if speed and contender != "raw" else "stdlib"
     run = _runner(contender, speed and contender != "raw")
     with fake_server(run_time=0) as server, shortwan_json.backend(codec):
         run(server, requests(50, f"warm-{contender}"), concurrency)

@@ -11,6 +11,7 @@ server's is shown beside it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import time
@@ -134,11 +135,7 @@ def bench_overhead(quick: bool) -> Section:
 
 
 def _has_hiredis() -> bool:
-    try:
-        import hiredis  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("hiredis") is not None
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ class Engine:
 
     def confirm(self, record: JobRecord) -> None:
         """Ask about ``record`` now (a callback said it ended); duplicates fold into one query."""
-        if not record.is_terminal and record.state is not JobState.DETACHED:
+        if record.is_live:
             self.poller.schedule(record, 0.0)
 
     def apply(self, record: JobRecord, snapshot: JobSnapshot) -> None:

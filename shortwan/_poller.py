@@ -314,7 +314,7 @@ class Poller:
             horizon = time.monotonic() + _SLACK
             while heap and heap[0][0] <= horizon:
                 due, _seq, record = heapq.heappop(heap)
-                if due != record.due or record.is_terminal or record.state is JobState.DETACHED:
+                if due != record.due or not record.is_live:
                     continue  # superseded by an earlier entry, or nothing left to ask
                 record.due = math.inf
                 self._dispatch(record)
@@ -351,7 +351,7 @@ class Poller:
             if record.due != _DUE_NOW:
                 continue  # taken by its own task meanwhile, or planned again
             record.due = math.inf
-            if not record.is_terminal and record.state is not JobState.DETACHED:
+            if record.is_live:
                 self._dispatch(record)
 
     def _dispatch(self, record: JobRecord) -> None:
@@ -370,7 +370,7 @@ class Poller:
         if record.due != _DUE_NOW or record.querying:
             return  # not due now, or a worker has it
         record.due = math.inf
-        if record.is_terminal or record.state is JobState.DETACHED:
+        if not record.is_live:
             return
         if not self._workers.has_room:
             self._dispatch(record)  # the workers' queue, at once rather than at the flush

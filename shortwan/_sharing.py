@@ -74,10 +74,6 @@ class SharingStatistics:
     polled_elsewhere: int
 
 
-def _live(record: JobRecord) -> bool:
-    return not record.is_terminal and record.state is not JobState.DETACHED
-
-
 class Sharing:
     """What one client shares through a :class:`~shortwan._shared.SharedStore`.
 
@@ -288,7 +284,7 @@ class Sharing:
                 left -= len(batch)
 
     async def _look_up(self, records: list[JobRecord]) -> None:
-        live = [r for r in records if _live(r)]
+        live = [r for r in records if r.is_live]
         if not live:
             return
         try:
@@ -309,7 +305,7 @@ class Sharing:
 
     async def _claim(self, records: list[JobRecord], *, attached: bool = False) -> None:
         """Claim ``records`` and act on who holds each; attached ones are scheduled here."""
-        live = [r for r in records if _live(r)]
+        live = [r for r in records if r.is_live]
         for start in range(0, len(live), _CLAIM_BATCH):
             chunk = live[start : start + _CLAIM_BATCH]
             try:
@@ -324,7 +320,7 @@ class Sharing:
     def _take(self, records: list[JobRecord], holders: dict[str, str], *, attached: bool) -> None:
         me = self.store.worker_id
         for record in records:
-            if not _live(record):
+            if not record.is_live:
                 continue
             if holders.get(record.id, me) == me:
                 if record.elsewhere:
@@ -341,7 +337,7 @@ class Sharing:
     def _subscribe(self, record: JobRecord) -> None:
         def arrived(end: JobEnd) -> None:
             self._elsewhere.pop(record.id, None)
-            if _live(record):
+            if record.is_live:
                 self._from_elsewhere += 1
                 self._apply_end(record, end)
 
@@ -359,7 +355,7 @@ class Sharing:
         # after the outage; ends stay queued.
         records, self._watching = self._watching, []
         for record in records:
-            if _live(record):
+            if record.is_live:
                 self._poller.schedule(record, 0.0)
         self._claiming.clear()
         self._take_claims_round()()  # the creates waiting for their claims go on without

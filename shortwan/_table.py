@@ -55,6 +55,7 @@ class JobState(enum.Enum):
 
 
 _TERMINAL: Final = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+_OVER: Final = _TERMINAL | {JobState.DETACHED}
 _FROM_STATUS: Final[dict[int, JobState]] = {
     JobStatus.QUEUED: JobState.QUEUED,
     JobStatus.RUNNING: JobState.RUNNING,
@@ -119,9 +120,14 @@ class JobRecord:
         """Whether the job has ended on the service."""
         return self.state in _TERMINAL
 
+    @property
+    def is_live(self) -> bool:
+        """Whether the job is still followed here: not ended, and not detached."""
+        return self.state not in _OVER
+
     def add_done_callback(self, callback: Callable[[JobRecord], None]) -> None:
         """Call ``callback(record)`` once the job ends or is detached (at once if it has)."""
-        if self.is_terminal or self.state is JobState.DETACHED:
+        if not self.is_live:
             callback(self)
             return
         first = self.on_done
@@ -137,7 +143,7 @@ class JobRecord:
 
     async def wait_done(self) -> None:
         """Return once the job has ended or was detached."""
-        if self.is_terminal or self.state is JobState.DETACHED:
+        if not self.is_live:
             return
         if self.done_event is None:
             self.done_event = anyio.Event()
