@@ -124,12 +124,13 @@ def bench_overhead(quick: bool) -> Section:
         rows=rows,
         targets=[Target("CPU per job sharing through Redis / alone", ratios[full], 1.3)],
         notes=[
-            "With the cap in Redis, each create reserves before it leaves and settles after "
-            "(reservations and settles made at once share round trips); claims and job ends go "
-            f"in batches. Without a cap, sharing costs {ratios[view]:.2f}× alone. The shared "
-            "clients pace their queries through the shared query budget (one round trip per "
-            "burst of queries). redis-py reads replies in Python unless hiredis is installed "
-            "(`shortwan[redis-fast]`); this run " + ("had it." if _has_hiredis() else "did not.")
+            "With the cap in Redis, each create reserves before it leaves and settles after; "
+            "every query takes its slot from the shared query budget; claims and job ends go in "
+            "batches. Whatever a process asks at once goes out together, as one command that "
+            "runs each call in turn on the server. Without a cap, sharing costs "
+            f"{ratios[view]:.2f}× alone. redis-py reads replies in Python unless hiredis is "
+            "installed (`shortwan[redis-fast]`); this run "
+            + ("had it." if _has_hiredis() else "did not.")
         ],
     )
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 __all__ = ["CALENDAR", "PRELUDE", "Script", "run_bundled"]
@@ -186,18 +186,26 @@ def _field(value: EncodableT) -> bytes:
     elif isinstance(value, memoryview):
         data = value.tobytes()
     else:
-        raise TypeError(f"a script argument must be text, bytes or a number, not {value!r}")
+        raise DataError(f"a script argument must be text, bytes or a number, not {value!r}")
     return b"%d:%s" % (len(data), data)
 
 
-def _packed(calls: Sequence[Call]) -> tuple[Script, list[EncodableT]]:
-    scripts: dict[Script, int] = {}
-    packed: list[EncodableT] = []
-    for script, keys, values in calls:
-        n = scripts.setdefault(script, len(scripts) + 1)
-        head = b"%d:%d%d:%d" % (len(str(n)), n, len(str(len(keys))), len(keys))
-        packed.append(b"".join([head, *map(_field, keys), *map(_field, values)]))
-    return _bundle(tuple(scripts)), packed
+def _body(keys: Sequence[str], values: Sequence[EncodableT]) -> bytes:
+    """Return a call's fields after the script's index: the number of keys, keys, arguments."""
+    count = str(len(keys))
+    return b"".join([b"%d:%s" % (len(count), count.encode()), *map(_field, (*keys, *values))])
+
+
+def _runs(calls: list[tuple[Script, bytes]]) -> list[tuple[Script, list[EncodableT]]]:
+    """Split packed calls into runs of at most _BUNDLE, each with the bundle of its scripts."""
+    runs: list[tuple[Script, list[EncodableT]]] = []
+    for start in range(0, len(calls), _BUNDLE):
+        chunk = calls[start : start + _BUNDLE]
+        # In one order whatever the calls' order, so a few bundles serve every mix of calls.
+        scripts = tuple(sorted({script for script, _ in chunk}, key=lambda x: x.sha))
+        index = {script: b"%d:%d" % (len(str(n)), n) for n, script in enumerate(scripts, 1)}
+        runs.append((_bundle(scripts), [index[script] + body for script, body in chunk]))
+    return runs
 
 
 async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
@@ -206,16 +214,26 @@ async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
     The calls go as a few runs of one script that runs each of them in turn (a bundle), so the
     client writes and reads a few commands, not one per call: most of what a call to Redis costs
     the client is per command. Keys travel as arguments, which a single server allows. A call
-    refused with an error is answered by that error in its place, so one caller's trouble is not
-    everyone's. A run refused because the server had lost its script (a restart) did not run,
-    and is sent again once the script is loaded.
+    refused with an error (or whose arguments cannot be sent) is answered by that error in its
+    place, so one caller's trouble is not everyone's. A run refused because the server had lost
+    its script (a restart) did not run, and is sent again once the script is loaded.
     """
-    if not calls:
-        return []
-    runs = [_packed(calls[i : i + _BUNDLE]) for i in range(0, len(calls), _BUNDLE)]
+    replies: list[Any] = [None] * len(calls)
+    packed: list[tuple[Script, bytes]] = []
+    sent: list[int] = []
+    for i, (script, keys, values) in enumerate(calls):
+        try:
+            packed.append((script, _body(keys, values)))
+        except DataError as exc:
+            replies[i] = exc
+        else:
+            sent.append(i)
+    runs = _runs(packed)
     results: list[Any] = [None] * len(runs)
     todo = list(range(len(runs)))
     for attempt in (1, 2):
+        if not todo:
+            break
         if len(todo) == 1:
             script, args = runs[todo[0]]
             try:
@@ -234,17 +252,18 @@ async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
                 lost.append(i)  # refused before it ran: sent again once loaded
             else:
                 results[i] = result
-        if not lost:
-            break
         for i in lost:
             await runs[i][0].load(redis)
         todo = lost
-    replies: list[Any] = []
-    for start, result in zip(range(0, len(calls), _BUNDLE), results, strict=True):
-        size = min(_BUNDLE, len(calls) - start)
-        if isinstance(result, list) and len(result) == size:
-            replies += result
-        else:  # the whole run was refused (or answered in a shape no run gives)
+    for (_script, args), result, start in zip(
+        runs, results, range(0, len(sent), _BUNDLE), strict=True
+    ):
+        size = len(args)
+        answers = result
+        if not (isinstance(result, list) and len(result) == size):
+            # The whole run was refused (or answered in a shape no run gives).
             error = result if isinstance(result, ResponseError) else None
-            replies += [error or ResponseError(f"a bundled run answered {result!r:.80}")] * size
+            answers = [error or ResponseError(f"a bundled run answered {result!r:.80}")] * size
+        for i, reply in zip(sent[start : start + size], answers, strict=True):
+            replies[i] = reply
     return replies

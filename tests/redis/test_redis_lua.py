@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from shortwan.redis import SharedState
 from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
@@ -119,5 +119,8 @@ async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
     assert bundled == direct
     assert bundled[0][1][3] == b"\xff\x00:\n"
     assert bundled[1] == [[b"k:1", b""], []]
-    with pytest.raises(TypeError):
-        await run_bundled(shared.redis, [(ECHO, (), (None,))])  # type: ignore[list-item]
+    # A call whose arguments cannot be sent is answered by its own error; the others run.
+    bad: list[Call] = [(ECHO, (), ("a",)), (ECHO, (), (None,)), (ECHO, (), ("b",))]  # type: ignore[list-item]
+    first, refused, last = await run_bundled(shared.redis, bad)
+    assert (first, last) == ([[], [b"a"]], [[], [b"b"]])
+    assert isinstance(refused, DataError)
