@@ -21,14 +21,15 @@ class TestBucket:
         waits = [await bucket.take() for _ in range(5)]
         assert waits[0] == 0.0
         gaps = [b - a for a, b in itertools.pairwise(waits)]
-        assert all(0.045 < gap < 0.051 for gap in gaps), waits
+        # 50 ms apart, less the time between two calls (a few ms on a busy machine).
+        assert all(0.038 < gap < 0.051 for gap in gaps), waits
 
     async def test_burst_after_quiet(self, shared: SharedState) -> None:
         """With burst 3, three takes go at once after a quiet spell, the fourth waits."""
         bucket = shared.rate_bucket("burst", rate=10.0, burst=3)
         waits = [await bucket.take() for _ in range(4)]
         assert waits[:3] == [0.0, 0.0, 0.0]
-        assert 0.09 < waits[3] <= 0.1
+        assert 0.075 < waits[3] <= 0.1  # 100 ms, less the time the four calls took
 
     async def test_rate_is_shared_and_settable(self, shared: SharedState) -> None:
         """set_rate changes the spacing every holder of the bucket sees."""
@@ -42,7 +43,7 @@ class TestBucket:
         assert state.rate == 2.0
         before = await first.take()
         after = await first.take()
-        assert 0.49 < after - before <= 0.501
+        assert 0.48 < after - before <= 0.501
         with pytest.raises(ValueError, match="rate"):
             await first.set_rate(0)
 
