@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import attrs
 from aiohttp import web
 
 from ._answers import Answers
@@ -34,6 +35,7 @@ def _read_create(raw: bytes) -> tuple[Any, list[str], Mapping[str, Any]] | None:
     return body, problems, args
 
 
+@attrs.define(kw_only=True, eq=False)
 class JobAPI:
     """Serve ``job/create`` and ``job/query``.
 
@@ -51,30 +53,16 @@ class JobAPI:
         extra_fields: add unknown keys to query answers.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        book: JobBook,
-        answers: Answers,
-        faults: FaultPlan,
-        stats: FakeStats,
-        bucket: TokenBucket | None,
-        rate_limit_retry_after: RetryAfterStyle,
-        result_url: Callable[[FakeJob], str],
-        on_created: Callable[[FakeJob], None],
-        extra_fields: bool,
-    ) -> None:
-        self.api_key = api_key
-        self.bucket = bucket
-        self.rate_limit_retry_after: RetryAfterStyle = rate_limit_retry_after
-        self.extra_fields = extra_fields
-        self._book = book
-        self._answers = answers
-        self._faults = faults
-        self._stats = stats
-        self._result_url = result_url
-        self._on_created = on_created
+    api_key: str
+    _book: JobBook
+    _answers: Answers
+    _faults: FaultPlan
+    _stats: FakeStats
+    bucket: TokenBucket | None
+    rate_limit_retry_after: RetryAfterStyle
+    _result_url: Callable[[FakeJob], str]
+    _on_created: Callable[[FakeJob], None]
+    extra_fields: bool
 
     def data(self, job: FakeJob, now: float | None = None) -> dict[str, Any]:
         """Return the ``data`` of a query answer about ``job``."""

@@ -9,10 +9,11 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
+import attrs
 
 from ._jobs import FakeJob
 from ._stats import FakeStats
@@ -25,6 +26,7 @@ CALLBACK_SHAPES: Final = ("envelope", "bare")
 _DUPLICATE_GAP: Final = 0.01
 
 
+@attrs.define(kw_only=True, eq=False)
 class Callbacks:
     """Deliver callbacks from one task, in due order, with the trouble the knobs ask for.
 
@@ -41,40 +43,28 @@ class Callbacks:
         shape: ``envelope`` (``{"code":0,"data":...}``) or ``bare`` (the data alone).
     """
 
-    def __init__(
-        self,
-        *,
-        jobs: Mapping[str, FakeJob],
-        stats: FakeStats,
-        rng: random.Random,
-        describe: Callable[[FakeJob], dict[str, Any]],
-        envelope: Callable[[int, Any], dict[str, Any]],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
-        drop: float,
-        duplicate: float,
-        delay: float,
-        shape: CallbackShape,
-    ) -> None:
-        if not (0 <= drop <= 1 and 0 <= duplicate <= 1):
+    _jobs: Mapping[str, FakeJob]
+    _stats: FakeStats
+    _rng: random.Random
+    _describe: Callable[[FakeJob], dict[str, Any]]
+    _envelope: Callable[[int, Any], dict[str, Any]]
+    _spawn: Callable[[Coroutine[Any, Any, None]], None]
+    drop: float
+    duplicate: float
+    delay: float
+    shape: CallbackShape
+    _due: list[tuple[float, int, str, bool]] = attrs.field(init=False, factory=list)
+    _order: Iterator[int] = attrs.field(init=False, factory=itertools.count)
+    _wake: asyncio.Event | None = attrs.field(init=False, default=None)
+    _session: aiohttp.ClientSession | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if not (0 <= self.drop <= 1 and 0 <= self.duplicate <= 1):
             raise ValueError("callback_drop and callback_duplicate must be shares from 0 to 1")
-        if not delay >= 0:
-            raise ValueError(f"callback_delay must be seconds >= 0, not {delay!r}")
-        if shape not in CALLBACK_SHAPES:
-            raise ValueError(f"callback_shape must be envelope or bare, not {shape!r}")
-        self.drop = drop
-        self.duplicate = duplicate
-        self.delay = delay
-        self.shape: CallbackShape = shape
-        self._jobs = jobs
-        self._stats = stats
-        self._rng = rng
-        self._describe = describe
-        self._envelope = envelope
-        self._spawn = spawn
-        self._due: list[tuple[float, int, str, bool]] = []
-        self._order = itertools.count()
-        self._wake: asyncio.Event | None = None
-        self._session: aiohttp.ClientSession | None = None
+        if not self.delay >= 0:
+            raise ValueError(f"callback_delay must be seconds >= 0, not {self.delay!r}")
+        if self.shape not in CALLBACK_SHAPES:
+            raise ValueError(f"callback_shape must be envelope or bare, not {self.shape!r}")
 
     def job_created(self, job: FakeJob) -> None:
         """Plan the callback of ``job``, if it asked for one."""

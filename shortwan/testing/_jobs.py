@@ -8,7 +8,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
@@ -180,6 +180,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@attrs.define(kw_only=True, eq=False)
 class JobBook:
     """Every job of the fake, with the balance that pays for them.
 
@@ -196,38 +197,26 @@ class JobBook:
         balance: USD available; ``None`` is unlimited.
     """
 
-    def __init__(
-        self,
-        *,
-        stats: FakeStats,
-        rng: random.Random,
-        timing_rng: random.Random,
-        timing: Timing,
-        failure_rate: float,
-        failure_reason: str,
-        unknown_status: int | None,
-        result_shape: ResultShape,
-        plan: Callable[[Mapping[str, Any]], JobPlan | None] | None,
-        balance: Decimal | None,
-    ) -> None:
-        if not 0 <= failure_rate <= 1:
-            raise ValueError(f"failure_rate must be a share from 0 to 1, not {failure_rate!r}")
-        if result_shape not in RESULT_SHAPES:
+    _stats: FakeStats
+    _rng: random.Random
+    _timing_rng: random.Random
+    timing: Timing
+    failure_rate: float
+    failure_reason: str
+    unknown_status: int | None
+    result_shape: ResultShape
+    plan: Callable[[Mapping[str, Any]], JobPlan | None] | None
+    _balance: Decimal | None
+    jobs: dict[str, FakeJob] = attrs.field(init=False, factory=dict)
+    # Jobs that will fail, by end time: their charge goes back to the balance when they end.
+    _refunds: list[tuple[float, int, Decimal]] = attrs.field(init=False, factory=list)
+    _order: Iterator[int] = attrs.field(init=False, factory=itertools.count)
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.failure_rate <= 1:
+            raise ValueError(f"failure_rate must be a share from 0 to 1, not {self.failure_rate!r}")
+        if self.result_shape not in RESULT_SHAPES:
             raise ValueError(f"result_shape must be one of {', '.join(RESULT_SHAPES)}")
-        self.jobs: dict[str, FakeJob] = {}
-        self.timing = timing
-        self.failure_rate = failure_rate
-        self.failure_reason = failure_reason
-        self.unknown_status = unknown_status
-        self.result_shape: ResultShape = result_shape
-        self.plan = plan
-        self._stats = stats
-        self._rng = rng
-        self._timing_rng = timing_rng
-        self._balance = balance
-        # Jobs that will fail, by end time: their charge goes back to the balance when they end.
-        self._refunds: list[tuple[float, int, Decimal]] = []
-        self._order = itertools.count()
 
     @property
     def balance(self) -> Decimal | None:
