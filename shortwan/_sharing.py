@@ -55,6 +55,25 @@ _LOOK: Final = 1.0
 _KEEP_ENDS: Final = 10_000
 
 
+@attrs.define
+class _ClaimsRound:
+    """The claims asked for since the last were written: their creates wait for it to end."""
+
+    done: asyncio.Event
+    timer: asyncio.TimerHandle
+
+    @classmethod
+    def start(cls) -> _ClaimsRound:
+        """Begin a round; it ends by itself after _CLAIM_WAIT if the store has not answered."""
+        done = asyncio.Event()
+        return cls(done, asyncio.get_running_loop().call_later(_CLAIM_WAIT, done.set))
+
+    def end(self) -> None:
+        """Let the creates waiting for these claims go on."""
+        self.timer.cancel()
+        self.done.set()
+
+
 @attrs.frozen(kw_only=True)
 class SharingStatistics:
     """A snapshot of what a client shared through its store (``ClientStatistics.shared``).
@@ -102,10 +121,9 @@ class Sharing:
         self._ttl = 2.0 * store.heartbeat
         self._watching: list[JobRecord] = []
         self._claiming: list[JobRecord] = []
-        # Set once the claims asked for since the last round are written (or cannot be), or
-        # by its timer after _CLAIM_WAIT: one timer per round, not one per waiting create.
-        self._claims_done: asyncio.Event | None = None
-        self._claims_timer: asyncio.TimerHandle | None = None
+        # The claims asked for since the last round went out: one event and one timer for all
+        # the creates waiting on them, not one per create.
+        self._claims: _ClaimsRound | None = None
         self._ends: deque[JobEnd] = deque()
         # Jobs another worker polls: id → the record and the cancel of the subscription to its end.
         self._elsewhere: dict[str, tuple[JobRecord, Callable[[], None]]] = {}
@@ -148,9 +166,8 @@ class Sharing:
         """Claim the polling of a job this client made (its polling starts meanwhile)."""
         if self.store.online:
             self._claiming.append(record)
-            if self._claims_done is None:
-                done = self._claims_done = asyncio.Event()
-                self._claims_timer = asyncio.get_running_loop().call_later(_CLAIM_WAIT, done.set)
+            if self._claims is None:
+                self._claims = _ClaimsRound.start()
             self._poke()
 
     async def claimed(self) -> None:
@@ -159,22 +176,14 @@ class Sharing:
         A create awaits this before handing out its job's id: another worker told of the job at
         once (a web backend's next request) then finds it claimed, and leaves its polling here.
         """
-        done = self._claims_done
-        if done is not None:
-            await done.wait()  # set within _CLAIM_WAIT in any case
+        claims = self._claims
+        if claims is not None:
+            await claims.done.wait()  # set within _CLAIM_WAIT in any case
 
-    def _take_claims_round(self) -> Callable[[], None]:
-        """Take the round of claims asked for so far; return what tells its creates it is over."""
-        done, self._claims_done = self._claims_done, None
-        timer, self._claims_timer = self._claims_timer, None
-
-        def over() -> None:
-            if timer is not None:
-                timer.cancel()
-            if done is not None:
-                done.set()
-
-        return over
+    def _end_claims_round(self) -> None:
+        claims, self._claims = self._claims, None
+        if claims is not None:
+            claims.end()
 
     def ended(self, record: JobRecord) -> None:
         """Publish the end of ``record``, which the service just reported."""
@@ -257,11 +266,12 @@ class Sharing:
             await self._look_up(records)
         if self._claiming:
             records, self._claiming = self._claiming, []
-            over = self._take_claims_round()
+            claims, self._claims = self._claims, None
             try:
                 await self._claim(records)
             finally:
-                over()
+                if claims is not None:
+                    claims.end()
         await self._publish()
         if self._in_outage:
             self._in_outage = False
@@ -358,7 +368,7 @@ class Sharing:
             if record.is_live:
                 self._poller.schedule(record, 0.0)
         self._claiming.clear()
-        self._take_claims_round()()  # the creates waiting for their claims go on without
+        self._end_claims_round()  # the creates waiting for their claims go on without
 
     def _outage(self, why: str) -> None:
         self._go_local()
@@ -389,4 +399,4 @@ class Sharing:
         self._elsewhere.clear()
         self._watching.clear()
         self._claiming.clear()
-        self._take_claims_round()()
+        self._end_claims_round()
