@@ -42,10 +42,11 @@ _SHARE_SECONDS: Final = 3
 # How often the clock offset is measured again, and how many measures are kept.
 _CLOCK_EVERY: Final = 30.0
 
-# KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed.
-# Books the next free slot and counts the send; returns, in one line, the wait, the server's
-# time, the pause, the version of the shared copy, the sends of every process over whole seconds,
-# the second they end at, and the shared curve.
+# KEYS: the budget. ARGV: the rate in force (queries a second), the keep time, seconds summed,
+# the number of slots. Books that many slots in a row from the next free one and counts them as
+# sent; returns, in one line, the wait until the first, the server's time, the pause, the version
+# of the shared copy, the sends of every process over whole seconds, the second they end at, and
+# the shared curve.
 _TAKE = Script(
     """
 local now = now_s()
@@ -53,11 +54,12 @@ local h = redis.call('HMGET', KEYS[1], 'next', 'paused', 'version', 'curve')
 local next_free = tonumber(h[1] or '0')
 local paused = tonumber(h[2] or '0')
 local slot = math.max(now, paused, next_free)
-redis.call('HSET', KEYS[1], 'next', string.format('%.6f', slot + 1 / tonumber(ARGV[1])))
+local n = tonumber(ARGV[4] or '1')
+redis.call('HSET', KEYS[1], 'next', string.format('%.6f', slot + n / tonumber(ARGV[1])))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local second = math.floor(now)
 local counter = KEYS[1] .. ':sent:' .. second
-redis.call('INCR', counter)
+redis.call('INCRBY', counter, n)
 redis.call('EXPIRE', counter, tonumber(ARGV[3]) + 2)
 local sent = 0
 for s = second - tonumber(ARGV[3]), second - 1 do
@@ -85,6 +87,45 @@ redis.call('HSET', KEYS[1], 'version', version + 1, 'curve', ARGV[2])
 return {1, tostring(version + 1), ARGV[2], string.format('%.6f', paused)}
 """
 )
+
+
+class _Take:
+    """The slots booked by one call for the queries that asked at once, and its answer."""
+
+    __slots__ = (
+        "before",
+        "curve",
+        "left",
+        "paused",
+        "rate",
+        "second",
+        "sent",
+        "server_now",
+        "slots",
+        "version",
+        "wait",
+    )
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.before = time.monotonic()
+        self.slots = 0
+        self.left = False  # the call has gone: later queries book slots of their own
+        self.wait: float | None = None
+
+    def args(self, slots: int) -> tuple[str, int, int, int]:
+        """The call's arguments, as it leaves with ``slots`` queries."""
+        self.slots, self.left = slots, True
+        self.before = time.monotonic()
+        return (repr(self.rate), _KEEP_MS, _SHARE_SECONDS, slots)
+
+    def read(self, reply: str) -> float:
+        """Read the answer (one line, the curve, JSON with spaces in it, last); return the wait."""
+        wait, server_now, paused, version, sent, second, curve = reply.split(" ", 6)
+        self.server_now, self.paused, self.curve = float(server_now), float(paused), curve
+        self.version, self.sent, self.second = int(version), int(sent), int(second)
+        self.wait = float(wait)
+        return self.wait
 
 
 def _server_time(value: float, offset: float) -> float:
@@ -157,6 +198,7 @@ class SharedQueryBudget:
         # Takes made while a round trip is on its way go together in the next one, with whatever
         # else the process asks at that moment.
         self._takes = link.grouped
+        self._taking: _Take | None = None  # the slots asked for that have not left yet
         self._writing = -1  # the controller's edits that a write on its way carries
 
     def __repr__(self) -> str:
@@ -220,22 +262,22 @@ class SharedQueryBudget:
         await self._local.acquire()
 
     async def _take(self) -> float:
-        """Book a slot on the server; return the wait until it."""
-        rate = self.controller.rate(time.monotonic())
-        before = time.monotonic()
-        [reply] = await self._takes.call_all(
-            [(_TAKE, (self._key,), (repr(rate), _KEEP_MS, _SHARE_SECONDS))]
-        )
-        if isinstance(reply, SharedStateError):
-            raise reply
-        after = time.monotonic()
-        # One line (a reply of one element costs the client less to read); the curve, JSON
-        # with spaces in it, comes last.
-        wait, server_now, paused, version, sent, second, curve = text(reply).split(" ", 6)
-        self._clock(float(server_now), before, after)
-        self._count(int(second), int(sent))
-        self._follow(int(version), curve, float(paused))
-        return float(wait)
+        """Book a slot on the server; return the wait until it.
+
+        The queries that ask at once book their slots in one call, in a row, at the rate in
+        force when the first asked; each learns the wait until its own.
+        """
+        take = self._taking
+        if take is None or take.left:
+            take = self._taking = _Take(self.controller.rate(time.monotonic()))
+        reply, place = await self._takes.call_merged(take, _TAKE, (self._key,), take.args)
+        wait = take.wait
+        if wait is None:  # the first of them to hear the answer reads it for all
+            wait = take.read(text(reply))
+            self._clock(take.server_now, take.before, time.monotonic())
+            self._count(take.second, take.sent, take.slots)
+            self._follow(take.version, take.curve, take.paused)
+        return wait + place / take.rate
 
     async def _write(self) -> None:
         controller = self.controller
@@ -288,12 +330,12 @@ class SharedQueryBudget:
             self._offset = server_now - (before + after) / 2
             self._offset_trip, self._offset_at = trip, now
 
-    def _count(self, second: int, sent: int) -> None:
+    def _count(self, second: int, sent: int, slots: int) -> None:
         mine = self._mine
         if mine and mine[-1][0] == second:
-            mine[-1] = (second, mine[-1][1] + 1)
+            mine[-1] = (second, mine[-1][1] + slots)
         else:
-            mine.append((second, 1))
+            mine.append((second, slots))
         self._all, self._all_until = sent, second
 
     def _share(self) -> float:

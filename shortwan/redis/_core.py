@@ -349,11 +349,14 @@ class Grouped:
 
     def __init__(self, link: Link) -> None:
         self._link = link
-        self._waiting: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Call, asyncio.Future[Any]] | Merged] = []
+        # The merged calls in _waiting, by key: a caller with the same key joins one of them.
+        self._merging: dict[object, Merged] = {}
+        self._callers = 0  # callers of the calls in _waiting
         # One task sends every round, started by the first call and woken by the next ones: a
         # wake-up costs less than a task.
         self._wake: asyncio.Event | None = None
-        self._busy = False  # the last round carried more than one call
+        self._busy = False  # the last round served more than one caller
 
     async def call(
         self, script: Script, args: Sequence[EncodableT], *, keys: Sequence[str] = ()
@@ -378,12 +381,9 @@ class Grouped:
             SharedStateError: the server could not be reached (some calls may have run).
         """
         loop = asyncio.get_running_loop()
-        if self._wake is None:
-            self._link.spawn(self._send)  # refused by a closed state, before anything is queued
-            self._wake = asyncio.Event()
         futures = [loop.create_future() for _ in calls]
-        self._waiting += zip(calls, futures, strict=True)
-        self._wake.set()
+        for call, future in zip(calls, futures, strict=True):
+            self._enqueue((call, future))
         try:
             return [await future for future in futures]
         except BaseException:
@@ -392,8 +392,54 @@ class Grouped:
                     future.exception()  # seen, so it is not reported as never retrieved
             raise
 
+    async def call_merged(
+        self,
+        key: object,
+        script: Script,
+        keys: Sequence[str],
+        args: Callable[[int], Sequence[EncodableT]],
+    ) -> tuple[Any, int]:
+        """Join the call of ``key`` still waiting to go, or start one; return its reply and place.
+
+        Callers that ask for the same thing at once share one call, made when the round leaves:
+        ``args(n)`` gives its arguments for the ``n`` callers that joined it, and its script serves
+        them all (the first caller's place is 0). What they share costs one call, not ``n``.
+
+        Raises:
+            SharedStateError: as for :meth:`call`.
+        """
+        merged = self._merging.get(key)
+        if merged is None:
+            merged = self._merging[key] = Merged(script, keys, args)
+            self._enqueue(merged)
+        else:
+            self._callers += 1
+        future: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
+        merged.futures.append(future)
+        reply, place = await future
+        if isinstance(reply, SharedStateError):
+            # One error object each: raised in many tasks, a shared one would collect all their
+            # tracebacks.
+            raise type(reply)(*reply.args)
+        return reply, place
+
+    def _enqueue(self, entry: tuple[Call, asyncio.Future[Any]] | Merged) -> None:
+        if self._wake is None:
+            self._link.spawn(self._send)  # refused by a closed state, before anything is queued
+            self._wake = asyncio.Event()
+        self._waiting.append(entry)
+        self._callers += 1
+        self._wake.set()
+
+    def _take_waiting(self) -> list[tuple[Call, asyncio.Future[Any]] | Merged]:
+        batch, self._waiting = self._waiting, []
+        self._merging.clear()  # those taken are on their way: nobody joins them any more
+        self._busy = self._callers > 1
+        self._callers = 0
+        return batch
+
     async def _send(self) -> None:
-        batch: list[tuple[Call, asyncio.Future[Any]]] = []
+        batch: list[tuple[Call, asyncio.Future[Any]] | Merged] = []
         try:
             while True:
                 assert self._wake is not None  # noqa: S101 - set by the call that started this
@@ -405,32 +451,60 @@ class Grouped:
                     await asyncio.sleep(_GATHER)
                 self._wake.clear()
                 while self._waiting:
-                    batch, self._waiting = self._waiting, []
-                    self._busy = len(batch) > 1
+                    batch = self._take_waiting()
                     await self._round(batch)
                     batch = []
         finally:
             self._wake = None
-            for _call, future in [*batch, *self._waiting]:
-                if not future.done():
-                    future.set_exception(SharedStateError("the shared state is closing"))
-            self._waiting = []
+            for entry in [*batch, *self._take_waiting()]:
+                _fail(entry, "the shared state is closing")
 
-    async def _round(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+    async def _round(self, batch: list[tuple[Call, asyncio.Future[Any]] | Merged]) -> None:
+        calls = [entry.call() if isinstance(entry, Merged) else entry[0] for entry in batch]
         try:
-            replies = await self._link.run_many([call for call, _ in batch])
+            replies = await self._link.run_many(calls)
         except (SharedStateError, RuntimeError) as exc:  # unreachable, or closed
-            batch += self._waiting
-            self._waiting = []
-            for _call, future in batch:
-                if not future.done():
-                    # One error object each: raised in many tasks, a shared one would collect
-                    # all their tracebacks.
-                    future.set_exception(SharedStateError(str(exc)))
+            for entry in [*batch, *self._take_waiting()]:
+                _fail(entry, str(exc))
             return
-        for (_call, future), reply in zip(batch, replies, strict=True):
+        for entry, reply in zip(batch, replies, strict=True):
+            if isinstance(entry, Merged):
+                entry.answer(reply)
+            elif not entry[1].done():  # else its caller was cancelled
+                entry[1].set_result(reply)
+
+
+class Merged:
+    """One call that several callers share (see :meth:`Grouped.call_merged`)."""
+
+    __slots__ = ("args", "futures", "keys", "script")
+
+    def __init__(
+        self, script: Script, keys: Sequence[str], args: Callable[[int], Sequence[EncodableT]]
+    ) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.futures: list[asyncio.Future[tuple[Any, int]]] = []
+
+    def call(self) -> Call:
+        """Return the call for every caller that joined."""
+        return (self.script, self.keys, self.args(len(self.futures)))
+
+    def answer(self, reply: Any) -> None:
+        """Give each caller the reply and its place."""
+        for place, future in enumerate(self.futures):
             if not future.done():  # else its caller was cancelled
-                future.set_result(reply)
+                future.set_result((reply, place))
+
+
+def _fail(entry: tuple[Call, asyncio.Future[Any]] | Merged, why: str) -> None:
+    futures = entry.futures if isinstance(entry, Merged) else [entry[1]]
+    for future in futures:
+        if not future.done():
+            # One error object each: raised in many tasks, a shared one would collect all
+            # their tracebacks.
+            future.set_exception(SharedStateError(why))
 
 
 async def check_schema(

@@ -148,7 +148,8 @@ class TestBurstsShareATake:
     async def test_a_burst_books_its_slots_in_few_round_trips(
         self, shared: SharedState, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """40 queries at once take far fewer than 40 round trips, and still go at the rate."""
+        """40 queries at once book their slots in one or two calls, and still go at the rate:
+        each has a slot of its own."""
         budget = shared.query_budget(100.0)
         await budget.acquire()  # the curve is written before counting
         await anyio.sleep(0.01)  # past the first slot
@@ -164,8 +165,9 @@ class TestBurstsShareATake:
             for _ in range(40):
                 tg.start_soon(one)
         assert len(done) == 40
-        assert sum(trips) == 40  # every query booked its own slot...
-        assert len(trips) <= 3, trips  # ...the first alone, the 39 behind it together
+        # The first query's call leaves alone; the 39 behind it share one call, in one round.
+        assert sum(trips) <= 2, trips
+        assert len(trips) <= 2, trips
         # 40 slots at 100 a second: the last goes about 0.39 s after the first.
         assert max(done) >= 0.39 - 0.02, done
         assert max(done) - min(done) >= 0.37, done
@@ -189,8 +191,16 @@ class TestBurstsShareATake:
         async with anyio.create_task_group() as tg:
             for i in range(30):
                 tg.start_soon(create, i)
-        assert sum(trips) == 4 * 30  # each call made, and answered on its own...
+        # Each reservation, claim and settle is a call of its own; the slot takes of one round
+        # share one call...
+        assert 3 * 30 < sum(trips) <= 3 * 30 + len(trips), trips
         assert len(trips) <= 12, trips  # ...in a few rounds that carry every kind at once
+        # ...and still book a slot each (31 with the first acquire).
+        sent = [
+            int(await shared.redis.get(key))
+            async for key in shared.redis.scan_iter(match=shared.keys.prefix + "budget:*:sent:*")
+        ]
+        assert sum(sent) == 31, sent
         assert (await cap.read()).spent == Decimal("5.1")
         holders = await shared.jobs.claim([f"job-{i}" for i in range(30)], ttl=5.0)
         assert set(holders.values()) == {shared.worker_id}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import anyio
 import pytest
 from redis.exceptions import DataError, ResponseError
 
+from shortwan import SharedStateError
 from shortwan.redis import SharedState
 from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
 
@@ -124,3 +127,78 @@ async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
     first, refused, last = await run_bundled(shared.redis, bad)
     assert (first, last) == ([[], [b"a"]], [[], [b"b"]])
     assert isinstance(refused, DataError)
+
+
+async def test_merged_callers_share_one_call_and_learn_their_places(
+    shared: SharedState, namespace: str
+) -> None:
+    """Callers that join one merged call send it once, with their number, and each hears the
+    reply and its own place; a caller that comes after it left starts a call of its own."""
+    grouped = shared.grouped
+    key = f"{namespace}:merged"
+    made: list[int] = []
+
+    def args(n: int) -> tuple[str, int]:
+        made.append(n)
+        return (key, n)
+
+    before = await evalsha_calls(shared)
+    results: list[tuple[Any, int]] = []
+
+    async def one(tag: object) -> None:
+        results.append(await grouped.call_merged(tag, ADD, (), args))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(25):
+            tg.start_soon(one, "tag")
+    # The first caller's call may leave alone; the rest share the next one.
+    assert sum(made) == 25, made
+    assert len(made) <= 2, made
+    # Each call's callers hear its reply (the total after it) and places 0, 1, 2, ...
+    totals = itertools.accumulate(made)
+    for n, total in zip(made, totals, strict=True):
+        assert sorted(place for reply, place in results if reply == total) == list(range(n))
+    assert int(await shared.redis.get(key)) == 25
+    assert await evalsha_calls(shared) - before <= 2
+    # Another key is another call, even at the same moment.
+    made.clear()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "a")
+        tg.start_soon(one, "b")
+    assert sorted(made) == [1, 1]
+
+
+async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
+    shared: SharedState,
+) -> None:
+    """A refused merged call raises SharedStateError in every caller; one caller cancelled
+    while waiting leaves the others their answers."""
+    grouped = shared.grouped
+    errors: list[BaseException] = []
+
+    async def failing() -> None:
+        try:
+            await grouped.call_merged("fail", FAIL, (), lambda n: ("failed-list",))
+        except SharedStateError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(failing)
+    assert len(errors) == 5
+    assert all("refused here" in str(e) for e in errors)
+    assert len({id(e) for e in errors}) == 5  # one error object each
+
+    got: list[tuple[Any, int]] = []
+
+    async def waiting() -> None:
+        got.append(await grouped.call_merged("get", ADD, (), lambda n: ("merged-n", n)))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(waiting)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await grouped.call_merged("get", ADD, (), lambda n: ("merged-n", n))
+    assert len(got) == 4
+    assert {reply for reply, _ in got} == {5}  # the cancelled caller's share was still sent
