@@ -18,7 +18,7 @@ from typing import Final
 
 from ._lua import Script
 
-__all__ = ["OPEN", "READ", "REFUND", "RENEW", "RESERVE", "SETTLE"]
+__all__ = ["APPLY", "OPEN", "READ", "RENEW", "RESERVE"]
 
 _DONE_TTL: Final = 7 * 24 * 3600
 # Past its end a window's books are kept this long, for late settles and for reading.
@@ -90,7 +90,9 @@ return redis.call('HMGET', conf, 'limit', 'window')
 """
 )
 
-# ARGV: prefix, limit (used when the settings are gone), window kind, amount, lease id, lease ms.
+# ARGV: prefix, limit (used when the settings are gone), window kind, lease ms, then (amount,
+# lease id) for each reservation asked for at once. Each is granted in turn while it fits under
+# the cap; the answer's first word has a 1 (granted) or a 0 for each.
 RESERVE = Script(
     _BOOKS
     + """
@@ -106,48 +108,62 @@ local win = window_at(ARGV[3], math.floor(now / 1000))
 local book, leases = books(win)
 sweep(book, leases, now)
 local f = figures(book)
-local amount = tonumber(ARGV[4])
-if f[1] + f[2] + amount > f[3] then return answer(0, win, f) end
-redis.call('HINCRBY', book, 'reserved', ARGV[4])
-redis.call('HSET', book, 'l:' .. ARGV[5], ARGV[4])
-redis.call('ZADD', leases, now + tonumber(ARGV[6]), ARGV[5])
+local reserved, granted = f[2], {}
+for i = 5, #ARGV, 2 do
+  local amount = tonumber(ARGV[i])
+  if f[1] + reserved + amount > f[3] then
+    granted[#granted + 1] = '0'
+  else
+    reserved = reserved + amount
+    redis.call('HSET', book, 'l:' .. ARGV[i + 1], ARGV[i])
+    redis.call('ZADD', leases, now + tonumber(ARGV[4]), ARGV[i + 1])
+    granted[#granted + 1] = '1'
+  end
+end
+if reserved ~= f[2] then redis.call('HINCRBY', book, 'reserved', int(reserved - f[2])) end
 keep(book, leases, win)
-return answer(1, win, {f[1], f[2] + amount, f[3]})
+return answer(table.concat(granted), win, {f[1], reserved, f[3]})
 """,
     calendar=True,
 )
 
-# ARGV: prefix, window, kind, lease id, reserved micro, charged micro ('' = the reservation).
-# The lease id doubles as the operation id: a reservation is settled or released once.
-SETTLE = Script(
+# ARGV: prefix, (unused), kind, then five for each operation, applied in order: what ('settle' or
+# 'refund'), window ('' = the current one), operation id, micro-dollars, and for a settle the
+# charge in micro-dollars ('' = the reservation, 'release' = nothing). A settle's operation id is
+# its lease's id: a reservation is settled or released once. Answers one line per operation.
+APPLY = Script(
     _BOOKS
     + """
-local win, book, leases, new = operation(ARGV[2], ARGV[4])
-if not new then return answer(0, win, figures(book)) end
-local held = drop(book, leases, ARGV[4])
-local charge = ARGV[6]
-if charge == '' then charge = held or ARGV[5] end
-if charge ~= 'release' and tonumber(charge) > 0 then
-  redis.call('HINCRBY', book, 'spent', charge)
+local function settle(w, op, micro, charge)
+  local win, book, leases, new = operation(w, op)
+  if not new then return answer(0, win, figures(book)) end
+  local held = drop(book, leases, op)
+  if charge == '' then charge = held or micro end
+  if charge ~= 'release' and tonumber(charge) > 0 then
+    redis.call('HINCRBY', book, 'spent', charge)
+  end
+  keep(book, leases, win)
+  sweep(book, leases, now_ms())
+  return answer(1, win, figures(book))
 end
-keep(book, leases, win)
-sweep(book, leases, now_ms())
-return answer(1, win, figures(book))
-""",
-    calendar=True,
-)
-
-# ARGV: prefix, window ('' = the current one), kind, operation id, micro-dollars.
-REFUND = Script(
-    _BOOKS
-    + """
-local win, book, leases, new = operation(ARGV[2], ARGV[4])
-if not new then return answer(0, win, figures(book)) end
-if redis.call('HINCRBY', book, 'spent', '-' .. ARGV[5]) < 0 then
-  redis.call('HSET', book, 'spent', '0')
+local function refund(w, op, micro)
+  local win, book, leases, new = operation(w, op)
+  if not new then return answer(0, win, figures(book)) end
+  if redis.call('HINCRBY', book, 'spent', '-' .. micro) < 0 then
+    redis.call('HSET', book, 'spent', '0')
+  end
+  keep(book, leases, win)
+  return answer(1, win, figures(book))
 end
-keep(book, leases, win)
-return answer(1, win, figures(book))
+local lines = {}
+for i = 4, #ARGV, 5 do
+  if ARGV[i] == 'settle' then
+    lines[#lines + 1] = settle(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  else
+    lines[#lines + 1] = refund(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  end
+end
+return table.concat(lines, '\\n')
 """,
     calendar=True,
 )

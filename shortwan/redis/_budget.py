@@ -113,9 +113,10 @@ class _Take:
         self.left = False  # the call has gone: later queries book slots of their own
         self.wait: float | None = None
 
-    def args(self, slots: int) -> tuple[str, int, int, int]:
-        """The call's arguments, as it leaves with ``slots`` queries."""
-        self.slots, self.left = slots, True
+    def args(self, queries: list[None]) -> tuple[str, int, int, int]:
+        """The call's arguments, as it leaves with ``queries``."""
+        slots = self.slots = len(queries)
+        self.left = True
         self.before = time.monotonic()
         return (repr(self.rate), _KEEP_MS, _SHARE_SECONDS, slots)
 

@@ -397,25 +397,29 @@ class Grouped:
         key: object,
         script: Script,
         keys: Sequence[str],
-        args: Callable[[int], Sequence[EncodableT]],
+        args: Callable[[list[Any]], Sequence[EncodableT]],
+        item: Any = None,
     ) -> tuple[Any, int]:
         """Join the call of ``key`` still waiting to go, or start one; return its reply and place.
 
         Callers that ask for the same thing at once share one call, made when the round leaves:
-        ``args(n)`` gives its arguments for the ``n`` callers that joined it, and its script serves
-        them all (the first caller's place is 0). What they share costs one call, not ``n``.
+        ``args(items)`` gives its arguments for the ``item`` of each caller that joined, in the
+        order they joined, and its script serves them all (the first caller's place is 0). What
+        they share costs one call, not one each.
 
         Raises:
             SharedStateError: as for :meth:`call`.
         """
         merged = self._merging.get(key)
         if merged is None:
-            merged = self._merging[key] = Merged(script, keys, args)
-            self._enqueue(merged)
+            merged = Merged(script, keys, args)
+            self._enqueue(merged)  # refused by a closed state before anything is kept
+            self._merging[key] = merged
         else:
             self._callers += 1
         future: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
         merged.futures.append(future)
+        merged.items.append(item)
         reply, place = await future
         if isinstance(reply, SharedStateError):
             # One error object each: raised in many tasks, a shared one would collect all their
@@ -477,19 +481,23 @@ class Grouped:
 class Merged:
     """One call that several callers share (see :meth:`Grouped.call_merged`)."""
 
-    __slots__ = ("args", "futures", "keys", "script")
+    __slots__ = ("args", "futures", "items", "keys", "script")
 
     def __init__(
-        self, script: Script, keys: Sequence[str], args: Callable[[int], Sequence[EncodableT]]
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Callable[[list[Any]], Sequence[EncodableT]],
     ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.futures: list[asyncio.Future[tuple[Any, int]]] = []
+        self.items: list[Any] = []
 
     def call(self) -> Call:
         """Return the call for every caller that joined."""
-        return (self.script, self.keys, self.args(len(self.futures)))
+        return (self.script, self.keys, self.args(self.items))
 
     def answer(self, reply: Any) -> None:
         """Give each caller the reply and its place."""

@@ -24,9 +24,8 @@ import attrs
 from redis.typing import EncodableT
 
 from .._errors import ConfigurationError, SharedStateError
-from ._books import OPEN, READ, REFUND, RENEW, RESERVE, SETTLE
+from ._books import APPLY, OPEN, READ, RENEW, RESERVE
 from ._core import Link, text
-from ._lua import Script
 
 __all__ = ["SharedSpendCounter", "SpendFigures"]
 
@@ -35,6 +34,8 @@ logger = logging.getLogger("shortwan")
 MICRO: Final = Decimal(1_000_000)
 # Charges remembered for their refunds (by window); past this many the memory starts over.
 _KEEP_CHARGES: Final = 100_000
+# Settles, releases and refunds per call when applying those kept (one call stays short).
+_APPLY_BATCH: Final = 256
 
 Window = Literal["day", "month"]
 
@@ -90,11 +91,32 @@ class _Lease:
     micro: int
 
 
+class _Reserving:
+    """The reservations asked for at once, which go to the server in one call."""
+
+    __slots__ = ("counter", "granted", "left", "window")
+
+    def __init__(self, counter: SharedSpendCounter) -> None:
+        self.counter = counter
+        self.left = False  # the call has gone: later reservations make a call of their own
+        self.granted: str | None = None  # a 1 or a 0 for each, once the server answered
+        self.window = ""
+
+    def args(self, leases: list[_Lease]) -> list[EncodableT]:
+        """The call's arguments, as it leaves with ``leases``."""
+        self.left = True
+        c = self.counter
+        args: list[EncodableT] = [c._prefix, c._limit_micro, c._kind, int(c.lease * 1000)]
+        for lease in leases:
+            args += (lease.micro, lease.id)
+        return args
+
+
 @attrs.define(slots=True)
 class _Pending:
     """A settle, release or refund that has not reached the server yet."""
 
-    script: Script
+    what: Literal["settle", "refund"]
     window: str
     op: str
     micro: int
@@ -132,6 +154,7 @@ class SharedSpendCounter:
         # The reservations this process holds, by amount, oldest first.
         self._held: dict[int, deque[_Lease]] = {}
         self._pending: deque[_Pending] = deque()
+        self._reserving: _Reserving | None = None  # reservations that have not left yet
         # Taken without a trip through the event loop when it is free (the usual case).
         self._flushing = anyio.Lock(fast_acquire=True)
         # Reservations, settles, releases and refunds asked for at once by many creates go to
@@ -281,12 +304,14 @@ class SharedSpendCounter:
             # of a flush under way are already queued ahead of this reservation.)
             await self._flush()
         lease = _Lease(id=secrets.token_hex(12), window="", micro=micro)
-        reply = await self._calls.call(
-            RESERVE,
-            (self._prefix, self._limit_micro, self._kind, micro, lease.id, int(self.lease * 1000)),
-        )
-        lease.window = self._seen(reply)
-        if not text(reply).startswith("1 "):
+        asking = self._reserving
+        if asking is None or asking.left:
+            asking = self._reserving = _Reserving(self)
+        reply, place = await self._calls.call_merged(asking, RESERVE, (), asking.args, lease)
+        if asking.granted is None:  # the first of them to hear the answer reads it for all
+            asking.granted, asking.window = text(reply).split(" ", 1)[0], self._seen(reply)
+        lease.window = asking.window
+        if asking.granted[place] != "1":
             return False
         self._held.setdefault(micro, deque()).append(lease)
         self._renew_soon()
@@ -299,7 +324,7 @@ class SharedSpendCounter:
         """
         charge = "" if charged is None else str(to_micro(charged, up=True))
         lease = self._take(reserved)
-        op = _Pending(SETTLE, lease.window, lease.id, lease.micro, charge, lease)
+        op = _Pending("settle", lease.window, lease.id, lease.micro, charge, lease)
         window = await self._apply(op)
         if window is not None and self.window is not None:
             self._remember_charge(reserved if charged is None else charged, window)
@@ -307,7 +332,7 @@ class SharedSpendCounter:
     async def release(self, reserved: Decimal) -> None:
         """Give back a reservation of ``reserved`` whose create surely made no job."""
         lease = self._take(reserved)
-        await self._apply(_Pending(SETTLE, lease.window, lease.id, lease.micro, "release", lease))
+        await self._apply(_Pending("settle", lease.window, lease.id, lease.micro, "release", lease))
 
     async def refund(self, amount: Decimal) -> None:
         """Take a refunded charge off the spend of the window it was charged in."""
@@ -317,7 +342,7 @@ class SharedSpendCounter:
             windows = self._charged_in.get(Decimal(amount))
             if windows:
                 window = windows.pop()
-        await self._apply(_Pending(REFUND, window, secrets.token_hex(12), micro, "", None))
+        await self._apply(_Pending("refund", window, secrets.token_hex(12), micro, "", None))
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -361,20 +386,17 @@ class SharedSpendCounter:
         # In order, all those waiting in one round trip: each is applied once (the server
         # remembers its id), so a reply lost on the way back only means the operation is sent
         # again and ignored.
+        # A call refused or lost keeps all of its operations: those it applied are ignored
+        # when they come again.
         async with self._flushing:
             while self._pending:
-                ops = list(self._pending)
-                prefix, kind = self._prefix, self._kind
-                replies = await self._calls.call_all(
-                    [
-                        (op.script, (), (prefix, op.window, kind, op.op, op.micro, op.charged))
-                        for op in ops
-                    ]
-                )
-                for op, reply in zip(ops, replies, strict=True):
-                    if isinstance(reply, SharedStateError):
-                        raise reply  # the ones before it are applied; it and the rest are kept
-                    op.window = self._seen(reply)
+                ops = [self._pending[i] for i in range(min(len(self._pending), _APPLY_BATCH))]
+                args: list[EncodableT] = [self._prefix, "", self._kind]
+                for op in ops:
+                    args += (op.what, op.window, op.op, op.micro, op.charged)
+                lines = text(await self._calls.call(APPLY, args)).split("\n")
+                for op, line in zip(ops, lines, strict=True):
+                    op.window = self._seen(line)
                     self._pending.popleft()
 
     async def _flush_quietly(self) -> None:

@@ -138,9 +138,9 @@ async def test_merged_callers_share_one_call_and_learn_their_places(
     key = f"{namespace}:merged"
     made: list[int] = []
 
-    def args(n: int) -> tuple[str, int]:
-        made.append(n)
-        return (key, n)
+    def args(items: list[None]) -> tuple[str, int]:
+        made.append(len(items))
+        return (key, len(items))
 
     before = await evalsha_calls(shared)
     results: list[tuple[Any, int]] = []
@@ -178,7 +178,7 @@ async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
 
     async def failing() -> None:
         try:
-            await grouped.call_merged("fail", FAIL, (), lambda n: ("failed-list",))
+            await grouped.call_merged("fail", FAIL, (), lambda items: ("failed-list",))
         except SharedStateError as exc:
             errors.append(exc)
 
@@ -192,13 +192,15 @@ async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
     got: list[tuple[Any, int]] = []
 
     async def waiting() -> None:
-        got.append(await grouped.call_merged("get", ADD, (), lambda n: ("merged-n", n)))
+        got.append(
+            await grouped.call_merged("get", ADD, (), lambda items: ("merged-n", len(items)))
+        )
 
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             tg.start_soon(waiting)
         with anyio.CancelScope() as scope:
             scope.cancel()
-            await grouped.call_merged("get", ADD, (), lambda n: ("merged-n", n))
+            await grouped.call_merged("get", ADD, (), lambda items: ("merged-n", len(items)))
     assert len(got) == 4
     assert {reply for reply, _ in got} == {5}  # the cancelled caller's share was still sent
