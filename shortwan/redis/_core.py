@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,6 +47,9 @@ SCHEMA_VERSION: Final = 1
 
 # How long a round waits after its first call for others to join it, while calls come in bursts.
 _GATHER: Final = 0.001
+# The longest a lazy call (work nobody waits on, such as a settle) waits for a round trip that
+# another call starts before it starts one of its own.
+_LAZY: Final = 0.02
 # While the server is unreachable, it is asked again this often.
 _RETRY_EVERY: Final = 0.25
 UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -154,6 +158,8 @@ class Link:
         self._refused: ConfigurationError | None = None
         self._closed = False
         self._on_recovery: list[Callable[[], Awaitable[None]]] = []
+        # The connection rounds of script calls go on (see _bundled), while none is under way.
+        self._own: AbstractConnection | None = None
         self._task_group: TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started = anyio.Event()
@@ -221,13 +227,50 @@ class Link:
         Raises:
             SharedStateError: the server could not be reached (some calls may have run).
         """
-        replies = await self.call(lambda: run_bundled(self.redis, calls))
+        replies = await self.call(lambda: self._bundled(calls))
         return [
             SharedStateError(f"Redis at {self.address} refused a call: {reply}")
             if isinstance(reply, RedisError)
             else reply
             for reply in replies
         ]
+
+    async def _bundled(self, calls: Sequence[Call]) -> list[Any]:
+        # On a connection of its own while none is in use (one round at a time goes through
+        # here), kept from one round to the next: taking one from the pool for each round costs
+        # the client about as much as the round trip itself.
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                replies = await run_bundled(conn, calls)
+            except BaseException as exc:
+                # Lost, timed out or cancelled half way: what is left on it cannot be trusted.
+                with anyio.CancelScope(shield=True):
+                    await conn.disconnect()
+                    await self.redis.connection_pool.release(conn)
+                if attempt == 1 and isinstance(exc, RedisConnectionError):
+                    # Closed under it (a server restarted since the connection was last used):
+                    # once more on a new connection, as redis-py's own retry would.
+                    continue
+                raise
+            await self._keep(conn)
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connection(self) -> AbstractConnection:
+        conn, self._own = self._own, None
+        if conn is not None and not await _still_open(conn):
+            await self.redis.connection_pool.release(conn)
+            conn = None
+        if conn is None:
+            conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def _keep(self, conn: AbstractConnection) -> None:
+        if self._own is None and not self._closed:
+            self._own = conn
+        else:
+            await self.redis.connection_pool.release(conn)
 
     def on_recovery(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook()`` every time the server is reachable again after a failure."""
@@ -333,9 +376,25 @@ class Link:
                     await self.redis.delete(self.keys.worker(self.worker_id))
             except (*UNREACHABLE, RedisError, TimeoutError):
                 pass  # the heartbeat expires on its own
+            own, self._own = self._own, None
+            if own is not None:
+                await self.redis.connection_pool.release(own)
             await self.redis.aclose()
         if cancelled is not None:
             raise cancelled
+
+
+async def _still_open(conn: AbstractConnection) -> bool:
+    """Whether ``conn`` is connected with nothing unread on it (cheap: no system call)."""
+    if not conn.is_connected:
+        return False
+    try:
+        dirty = await conn.can_read()
+    except RedisConnectionError:
+        return False
+    if dirty:
+        await conn.disconnect()
+    return not dirty
 
 
 class Grouped:
@@ -357,16 +416,34 @@ class Grouped:
         # wake-up costs less than a task.
         self._wake: asyncio.Event | None = None
         self._busy = False  # the last round served more than one caller
+        # Wakes the task for calls that wait for a round (see call's ``lazy``).
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._due = False  # _waiting holds a call that is not lazy, or lazy ones waited enough
 
     async def call(
-        self, script: Script, args: Sequence[EncodableT], *, keys: Sequence[str] = ()
+        self,
+        script: Script,
+        args: Sequence[EncodableT],
+        *,
+        keys: Sequence[str] = (),
+        lazy: bool = False,
     ) -> Any:
         """Run ``script`` with ``keys`` and ``args`` along with the others; return its reply.
+
+        A ``lazy`` call does not start a round trip of its own: it goes with the next one that
+        another call starts, or after _LAZY at the latest (for work nobody waits on).
 
         Raises:
             SharedStateError: the server could not be reached, or refused this call.
         """
-        [reply] = await self.call_all([(script, keys, args)])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(((script, keys, args), future), lazy=lazy)
+        try:
+            reply = await future
+        except BaseException:
+            if not future.cancel() and not future.cancelled():
+                future.exception()  # seen, so it is not reported as never retrieved
+            raise
         if isinstance(reply, SharedStateError):
             raise reply
         return reply
@@ -427,19 +504,35 @@ class Grouped:
             raise type(reply)(*reply.args)
         return reply, place
 
-    def _enqueue(self, entry: tuple[Call, asyncio.Future[Any]] | Merged) -> None:
+    def _enqueue(
+        self, entry: tuple[Call, asyncio.Future[Any]] | Merged, *, lazy: bool = False
+    ) -> None:
         if self._wake is None:
             self._link.spawn(self._send)  # refused by a closed state, before anything is queued
             self._wake = asyncio.Event()
         self._waiting.append(entry)
         self._callers += 1
-        self._wake.set()
+        if not lazy:
+            self._due = True
+            self._wake.set()
+        elif self._lazy_timer is None:
+            self._lazy_timer = asyncio.get_running_loop().call_later(_LAZY, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        self._due = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _take_waiting(self) -> list[tuple[Call, asyncio.Future[Any]] | Merged]:
         batch, self._waiting = self._waiting, []
         self._merging.clear()  # those taken are on their way: nobody joins them any more
         self._busy = self._callers > 1
         self._callers = 0
+        self._due = False
+        if self._lazy_timer is not None:  # the lazy calls go with these
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         return batch
 
     async def _send(self) -> None:
@@ -454,7 +547,7 @@ class Grouped:
                     # is not kept waiting.)
                     await asyncio.sleep(_GATHER)
                 self._wake.clear()
-                while self._waiting:
+                while self._waiting and self._due:
                     batch = self._take_waiting()
                     await self._round(batch)
                     batch = []

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.typing import EncodableT
 
@@ -208,15 +209,32 @@ def _runs(calls: list[tuple[Script, bytes]]) -> list[tuple[Script, list[Encodabl
     return runs
 
 
-async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+async def _evalsha_all(
+    conn: AbstractConnection, runs: list[tuple[Script, list[EncodableT]]]
+) -> list[Any]:
+    """Send one EVALSHA per run in one write on ``conn``; return each reply, errors as values."""
+    await conn.send_packed_command(
+        conn.pack_commands([("EVALSHA", script.sha, 0, *args) for script, args in runs])
+    )
+    replies: list[Any] = []
+    for _ in runs:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:  # read in full: the next reply follows it on the wire
+            replies.append(exc)
+    return replies
+
+
+async def run_bundled(conn: AbstractConnection, calls: Sequence[Call]) -> list[Any]:
     """Run every ``(script, keys, args)`` in order, in one round trip; return each reply.
 
     The calls go as a few runs of one script that runs each of them in turn (a bundle), so the
     client writes and reads a few commands, not one per call: most of what a call to Redis costs
-    the client is per command. Keys travel as arguments, which a single server allows. A call
-    refused with an error (or whose arguments cannot be sent) is answered by that error in its
-    place, so one caller's trouble is not everyone's. A run refused because the server had lost
-    its script (a restart) did not run, and is sent again once the script is loaded.
+    the client is per command. They go on ``conn``, a connection of the caller's own, which
+    spares each round trip the pool's checks. Keys travel as arguments, which a single server
+    allows. A call refused with an error (or whose arguments cannot be sent) is answered by that
+    error in its place, so one caller's trouble is not everyone's. A run refused because the
+    server had lost its script (a restart) did not run, and is sent again once it is loaded.
     """
     replies: list[Any] = [None] * len(calls)
     packed: list[tuple[Script, bytes]] = []
@@ -234,18 +252,7 @@ async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
     for attempt in (1, 2):
         if not todo:
             break
-        if len(todo) == 1:
-            script, args = runs[todo[0]]
-            try:
-                got: list[Any] = [await redis.evalsha(script.sha, 0, *args)]
-            except ResponseError as exc:  # NoScriptError included
-                got = [exc]
-        else:
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    script, args = runs[i]
-                    pipe.evalsha(script.sha, 0, *args)
-                got = await pipe.execute(raise_on_error=False)
+        got = await _evalsha_all(conn, [runs[i] for i in todo])
         lost = []
         for i, result in zip(todo, got, strict=True):
             if attempt == 1 and isinstance(result, NoScriptError):
@@ -253,7 +260,8 @@ async def run_bundled(redis: Redis, calls: Sequence[Call]) -> list[Any]:
             else:
                 results[i] = result
         for i in lost:
-            await runs[i][0].load(redis)
+            await conn.send_command("SCRIPT", "LOAD", runs[i][0].text)
+            await conn.read_response()
         todo = lost
     for (_script, args), result, start in zip(
         runs, results, range(0, len(sent), _BUNDLE), strict=True

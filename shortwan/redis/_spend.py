@@ -370,7 +370,9 @@ class SharedSpendCounter:
     async def _apply(self, op: _Pending) -> str | None:
         self._pending.append(op)
         try:
-            await self._flush()
+            # With the next round trip that something else starts (or after a moment): a
+            # settle, release or refund frees money, so it is never late for the cap.
+            await self._flush(lazy=True)
         except SharedStateError as exc:
             if not any(kept is op for kept in self._pending):
                 return op.window  # applied by a flush that then failed on a later one
@@ -382,7 +384,7 @@ class SharedSpendCounter:
             return None
         return op.window
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, lazy: bool = False) -> None:
         # In order, all those waiting in one round trip: each is applied once (the server
         # remembers its id), so a reply lost on the way back only means the operation is sent
         # again and ignored.
@@ -394,7 +396,7 @@ class SharedSpendCounter:
                 args: list[EncodableT] = [self._prefix, "", self._kind]
                 for op in ops:
                     args += (op.what, op.window, op.op, op.micro, op.charged)
-                lines = text(await self._calls.call(APPLY, args)).split("\n")
+                lines = text(await self._calls.call(APPLY, args, lazy=lazy)).split("\n")
                 for op, line in zip(ops, lines, strict=True):
                     op.window = self._seen(line)
                     self._pending.popleft()

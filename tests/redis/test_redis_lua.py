@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import anyio
@@ -11,6 +12,7 @@ from redis.exceptions import DataError, ResponseError
 
 from shortwan import SharedStateError
 from shortwan.redis import SharedState
+from shortwan.redis._core import _LAZY
 from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +37,16 @@ async def evalsha_calls(state: SharedState) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+async def run_in_bundles(state: SharedState, calls: list[Call]) -> list[Any]:
+    """Run ``calls`` as bundles on a connection of the pool, as the shared state does."""
+    pool = state.redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return await run_bundled(conn, calls)
+    finally:
+        await pool.release(conn)
+
+
 async def alone(state: SharedState, call: Call) -> Any:
     script, keys, args = call
     try:
@@ -55,10 +67,10 @@ async def test_each_call_answered_as_if_run_alone(shared: SharedState, namespace
         (MIXED, (), ()),
         (DAY, (), ()),
     ]
-    await run_bundled(shared.redis, calls)  # the server learns the bundle
+    await run_in_bundles(shared, calls)  # the server learns the bundle
     await shared.redis.delete(key, listed)
     runs = await evalsha_calls(shared)
-    bundled = await run_bundled(shared.redis, calls)
+    bundled = await run_in_bundles(shared, calls)
     assert await evalsha_calls(shared) - runs == 1  # one command for all eight calls
     assert bundled[:3] == [5, b"5", None]
     assert isinstance(bundled[3], ResponseError)
@@ -84,12 +96,12 @@ async def test_many_calls_in_order_over_several_runs(shared: SharedState, namesp
     n = 2 * _BUNDLE + 7
     calls: list[Call] = [(ADD, (), (key, 1)) for _ in range(n)]
     calls[_BUNDLE + 1] = (FAIL, (), (f"{namespace}:list",))
-    replies = await run_bundled(shared.redis, calls)
+    replies = await run_in_bundles(shared, calls)
     assert len(replies) == n
     assert isinstance(replies[_BUNDLE + 1], ResponseError)
     counts = [r for r in replies if not isinstance(r, ResponseError)]
     assert counts == list(range(1, n))  # each ran once, in the order given
-    assert await run_bundled(shared.redis, []) == []
+    assert await run_in_bundles(shared, []) == []
 
 
 async def test_lost_scripts_loaded_and_each_call_run_once(
@@ -99,12 +111,12 @@ async def test_lost_scripts_loaded_and_each_call_run_once(
     sent again once loaded, and no call runs twice."""
     key = f"{namespace}:n"
     calls: list[Call] = [(ADD, (), (key, 1)) for _ in range(_BUNDLE + 3)]
-    await run_bundled(shared.redis, calls)  # both bundles known to the server
+    await run_in_bundles(shared, calls)  # both bundles known to the server
     await shared.redis.script_flush()
-    replies = await run_bundled(shared.redis, calls)
+    replies = await run_in_bundles(shared, calls)
     assert replies == list(range(len(calls) + 1, 2 * len(calls) + 1))
     await shared.redis.script_flush()
-    assert await run_bundled(shared.redis, calls[:1]) == [2 * len(calls) + 1]
+    assert await run_in_bundles(shared, calls[:1]) == [2 * len(calls) + 1]
 
 
 async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
@@ -117,14 +129,14 @@ async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
         (ECHO, (), ()),
         (ECHO, ("x",), ("y",)),
     ]
-    bundled = await run_bundled(shared.redis, calls)
+    bundled = await run_in_bundles(shared, calls)
     direct = [await alone(shared, call) for call in calls]
     assert bundled == direct
     assert bundled[0][1][3] == b"\xff\x00:\n"
     assert bundled[1] == [[b"k:1", b""], []]
     # A call whose arguments cannot be sent is answered by its own error; the others run.
     bad: list[Call] = [(ECHO, (), ("a",)), (ECHO, (), (None,)), (ECHO, (), ("b",))]  # type: ignore[list-item]
-    first, refused, last = await run_bundled(shared.redis, bad)
+    first, refused, last = await run_in_bundles(shared, bad)
     assert (first, last) == ([[], [b"a"]], [[], [b"b"]])
     assert isinstance(refused, DataError)
 
@@ -204,3 +216,57 @@ async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
             await grouped.call_merged("get", ADD, (), lambda items: ("merged-n", len(items)))
     assert len(got) == 4
     assert {reply for reply, _ in got} == {5}  # the cancelled caller's share was still sent
+
+
+async def test_a_lazy_call_rides_with_the_next_round_or_goes_alone_after_a_moment(
+    shared: SharedState, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lazy call starts no round trip of its own while another call comes soon; alone, it
+    still goes, after _LAZY."""
+    grouped = shared.grouped
+    key = f"{namespace}:lazy"
+    await grouped.call(ADD, (key, 0))  # the sending task is started
+    rounds: list[int] = []
+    send = shared.run_many
+
+    async def counted(calls: Any) -> list[Any]:
+        rounds.append(len(calls))
+        return await send(calls)
+
+    monkeypatch.setattr(shared, "run_many", counted)
+    replies: list[Any] = []
+
+    async def lazy() -> None:
+        replies.append(await grouped.call(ADD, (key, 1), lazy=True))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lazy)
+        await anyio.sleep(_LAZY / 4)
+        assert rounds == []  # waiting for company
+        replies.append(await grouped.call(ADD, (key, 10)))
+    assert rounds == [2]  # one round for both
+    assert sorted(replies) == [1, 11]
+
+    started = time.monotonic()
+    assert await grouped.call(ADD, (key, 100), lazy=True) == 111
+    assert time.monotonic() - started >= _LAZY * 0.9  # alone, after the moment
+    assert rounds == [2, 1]
+
+
+async def test_rounds_keep_one_connection_and_survive_its_loss(
+    shared: SharedState, namespace: str
+) -> None:
+    """Rounds reuse one connection of their own; when the server closes it between rounds, the
+    next round goes on a new one, and every call runs once."""
+    grouped = shared.grouped
+    key = f"{namespace}:conn"
+    await grouped.call(ADD, (key, 1))
+    own = shared._own
+    assert own is not None
+    for _ in range(5):
+        await grouped.call(ADD, (key, 1))
+        assert shared._own is own  # the same one throughout
+    host, port = own._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+    await shared.redis.client_kill_filter(addr=f"{host}:{port}")
+    assert await grouped.call(ADD, (key, 1)) == 7  # on a new connection, run once
+    assert int(await shared.redis.get(key)) == 7
