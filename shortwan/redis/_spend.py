@@ -370,8 +370,9 @@ class SharedSpendCounter:
     async def _apply(self, op: _Pending) -> str | None:
         self._pending.append(op)
         try:
-            # With the next round trip that something else starts (or after a moment): a
-            # settle, release or refund frees money, so it is never late for the cap.
+            # With the next round trip that something else starts (or after a moment): until it
+            # is applied its reservation still counts, so the cap sees at least as much money
+            # as will be spent (only a charge above the reservation would show this much later).
             await self._flush(lazy=True)
         except SharedStateError as exc:
             if not any(kept is op for kept in self._pending):
