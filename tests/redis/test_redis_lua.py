@@ -12,7 +12,7 @@ from redis.exceptions import DataError, ResponseError
 
 from shortwan import SharedStateError
 from shortwan.redis import SharedState
-from shortwan.redis._core import _LAZY
+from shortwan.redis._grouped import _LAZY
 from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
 
 pytestmark = pytest.mark.anyio
