@@ -15,8 +15,8 @@ __all__ = ["Grouped", "Merged"]
 
 # How long a round waits after its first call for others to join it, while calls come in bursts.
 _GATHER: Final = 0.001
-# The longest a lazy call (work nobody waits on, such as a settle) waits for a round trip that
-# another call starts before it starts one of its own.
+# The longest a lazy call (work that can wait a moment, such as a settle) waits for a round trip
+# that another call starts before it starts one of its own.
 _LAZY: Final = 0.02
 
 
@@ -64,7 +64,7 @@ class Grouped:
         """Run ``script`` with ``keys`` and ``args`` along with the others; return its reply.
 
         A ``lazy`` call does not start a round trip of its own: it goes with the next one that
-        another call starts, or after _LAZY at the latest (for work nobody waits on).
+        another call starts, or after _LAZY at the latest (for work that can wait a moment).
 
         Raises:
             SharedStateError: the server could not be reached, or refused this call.
