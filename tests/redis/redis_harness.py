@@ -8,9 +8,10 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -21,8 +22,24 @@ from shortwan.testing._redis_server import (  # noqa: F401 - the tests import th
     redis_server_binary,
 )
 
+if TYPE_CHECKING:
+    from shortwan.redis import SharedState
+
 CHILD = Path(__file__).with_name("redis_child.py")
 CLIENT_CHILD = Path(__file__).with_name("client_child.py")
+
+
+def count_round_trips(shared: SharedState, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the round trips of ``shared``, each by its number of calls (they still go out)."""
+    sizes: list[int] = []
+    send = shared.run_many
+
+    async def counted(calls: Any) -> list[Any]:
+        sizes.append(len(calls))
+        return await send(calls)
+
+    monkeypatch.setattr(shared, "run_many", counted)
+    return sizes
 
 
 def child_command(

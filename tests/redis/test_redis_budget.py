@@ -7,13 +7,12 @@ import contextlib
 import logging
 import time
 from decimal import Decimal
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 import redis.asyncio
-from redis_harness import RedisServer
+from redis_harness import RedisServer, count_round_trips
 
 from shortwan.redis import SharedState, connect
 
@@ -129,19 +128,6 @@ async def booked(url: str, namespace: str) -> int:
     async with redis.asyncio.Redis.from_url(url) as client:
         keys = [key async for key in client.scan_iter(match=f"*{namespace}*:sent:*")]
         return sum(int(value) for value in await client.mget(keys)) if keys else 0
-
-
-def count_round_trips(shared: SharedState, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the pipelined round trips of ``shared`` (the calls still go to the server)."""
-    sizes: list[int] = []
-    send = shared.run_many
-
-    async def counted(calls: Any) -> list[Any]:
-        sizes.append(len(calls))
-        return await send(calls)
-
-    monkeypatch.setattr(shared, "run_many", counted)
-    return sizes
 
 
 class TestBurstsShareATake:

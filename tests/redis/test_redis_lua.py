@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from redis.exceptions import DataError, ResponseError
+from redis_harness import count_round_trips
 
 from shortwan import SharedStateError
 from shortwan.redis import SharedState
@@ -226,14 +227,7 @@ async def test_a_lazy_call_rides_with_the_next_round_or_goes_alone_after_a_momen
     grouped = shared.grouped
     key = f"{namespace}:lazy"
     await grouped.call(ADD, (key, 0))  # the sending task is started
-    rounds: list[int] = []
-    send = shared.run_many
-
-    async def counted(calls: Any) -> list[Any]:
-        rounds.append(len(calls))
-        return await send(calls)
-
-    monkeypatch.setattr(shared, "run_many", counted)
+    rounds = count_round_trips(shared, monkeypatch)
     replies: list[Any] = []
 
     async def lazy() -> None:
