@@ -92,7 +92,8 @@ return redis.call('HMGET', conf, 'limit', 'window')
 
 # ARGV: prefix, limit (used when the settings are gone), window kind, lease ms, then (amount,
 # lease id) for each reservation asked for at once. Each is granted in turn while it fits under
-# the cap; the answer's first word has a 1 (granted) or a 0 for each.
+# the cap; the answer's first word has a 1 (granted) or a 0 for each. A lease the books already
+# hold (the same call sent again after its answer was lost) is granted without counting twice.
 RESERVE = Script(
     _BOOKS
     + """
@@ -111,7 +112,9 @@ local f = figures(book)
 local reserved, granted = f[2], {}
 for i = 5, #ARGV, 2 do
   local amount = tonumber(ARGV[i])
-  if f[1] + reserved + amount > f[3] then
+  if redis.call('HEXISTS', book, 'l:' .. ARGV[i + 1]) == 1 then
+    granted[#granted + 1] = '1'  -- sent again after a lost answer: held once
+  elseif f[1] + reserved + amount > f[3] then
     granted[#granted + 1] = '0'
   else
     reserved = reserved + amount

@@ -18,6 +18,8 @@ from redis_harness import RedisServer, child, run_child
 
 from shortwan import ConfigurationError, SharedStateError, SpendBudget
 from shortwan.redis import SharedSpendCounter, SharedState, connect
+from shortwan.redis._books import RESERVE
+from shortwan.redis._core import text
 from shortwan.redis._lua import CALENDAR
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +69,17 @@ class TestMoney:
         await cap.refund(D("0.34"))
         figures = await cap.read()
         assert (figures.spent, figures.reserved, figures.limit) == (0, 0, D("1"))
+
+    async def test_a_reservation_sent_twice_is_held_once(self, shared: SharedState) -> None:
+        """The same reservation call run again (its answer lost, the round sent once more on a
+        new connection) grants again and holds its money once."""
+        cap = await shared.spend_counter("1.00")
+        args = [cap._prefix, 1_000_000, "none", 60_000, 425_000, "lease-1", 170_000, "lease-2"]
+        first = await shared.run(RESERVE, (), args)
+        again = await shared.run(RESERVE, (), args)
+        assert text(first).split()[:1] == text(again).split()[:1] == ["11"]
+        figures = await cap.read()
+        assert (figures.spent, figures.reserved) == (0, D("0.595"))
 
     async def test_settle_without_charge_counts_the_reservation(self, shared: SharedState) -> None:
         """settle(reserved, None) spends what was reserved."""
