@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
@@ -90,14 +91,14 @@ return {1, tostring(version + 1), ARGV[2], string.format('%.6f', paused)}
 
 
 class _Take:
-    """The slots booked by one call for the queries that asked at once, and its answer."""
+    """The slots one call books for the queries that asked at once, and its answer."""
 
     __slots__ = (
         "before",
         "curve",
-        "left",
         "paused",
         "rate",
+        "rate_at",
         "second",
         "sent",
         "server_now",
@@ -106,19 +107,16 @@ class _Take:
         "wait",
     )
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.before = time.monotonic()
-        self.slots = 0
-        self.left = False  # the call has gone: later queries book slots of their own
-        self.wait: float | None = None
+    def __init__(self, rate_at: Callable[[float], float]) -> None:
+        self.rate_at = rate_at
+        self.wait: float | None = None  # read from the answer by the first query to hear it
 
     def args(self, queries: list[None]) -> tuple[str, int, int, int]:
-        """The call's arguments, as it leaves with ``queries``."""
-        slots = self.slots = len(queries)
-        self.left = True
+        """The call's arguments, as it leaves with ``queries``: at the rate in force then."""
         self.before = time.monotonic()
-        return (repr(self.rate), _KEEP_MS, _SHARE_SECONDS, slots)
+        self.rate = self.rate_at(self.before)
+        self.slots = len(queries)
+        return (repr(self.rate), _KEEP_MS, _SHARE_SECONDS, self.slots)
 
     def read(self, reply: str) -> float:
         """Read the answer (one line, the curve, JSON with spaces in it, last); return the wait."""
@@ -199,7 +197,6 @@ class SharedQueryBudget:
         # Takes made while a round trip is on its way go together in the next one, with whatever
         # else the process asks at that moment.
         self._takes = link.grouped
-        self._taking: _Take | None = None  # the slots asked for that have not left yet
         self._writing = -1  # the controller's edits that a write on its way carries
 
     def __repr__(self) -> str:
@@ -266,12 +263,11 @@ class SharedQueryBudget:
         """Book a slot on the server; return the wait until it.
 
         The queries that ask at once book their slots in one call, in a row, at the rate in
-        force when the first asked; each learns the wait until its own.
+        force when it leaves; each learns the wait until its own.
         """
-        take = self._taking
-        if take is None or take.left:
-            take = self._taking = _Take(self.controller.rate(time.monotonic()))
-        reply, place = await self._takes.call_merged(take, _TAKE, (self._key,), take.args)
+        reply, place, take = await self._takes.call_merged(
+            self, _TAKE, (self._key,), self._start_take
+        )
         wait = take.wait
         if wait is None:  # the first of them to hear the answer reads it for all
             wait = take.read(text(reply))
@@ -279,6 +275,9 @@ class SharedQueryBudget:
             self._count(take.second, take.sent, take.slots)
             self._follow(take.version, take.curve, take.paused)
         return wait + place / take.rate
+
+    def _start_take(self) -> _Take:
+        return _Take(self.controller.rate)
 
     async def _write(self) -> None:
         controller = self.controller

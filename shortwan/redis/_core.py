@@ -234,23 +234,25 @@ class Link:
         # On a connection of its own while none is in use (one round at a time goes through
         # here), kept from one round to the next: taking one from the pool for each round costs
         # the client about as much as the round trip itself.
-        for attempt in (1, 2):
-            conn = await self._connection()
-            try:
-                replies = await run_bundled(conn, calls)
-            except BaseException as exc:
-                # Lost, timed out or cancelled half way: what is left on it cannot be trusted.
-                with anyio.CancelScope(shield=True):
-                    await conn.disconnect()
-                    await self.redis.connection_pool.release(conn)
-                if attempt == 1 and isinstance(exc, RedisConnectionError):
-                    # Closed under it (a server restarted since the connection was last used):
-                    # once more on a new connection, as redis-py's own retry would.
-                    continue
-                raise
-            await self._keep(conn)
-            return replies
-        raise AssertionError("unreachable")  # pragma: no cover
+        conn = await self._connection()  # a server that refuses it is not asked twice
+        try:
+            return await self._bundled_on(conn, calls)
+        except RedisConnectionError:
+            # Closed under it (a server restarted since the connection was last used): once
+            # more on a new connection, as redis-py's own retry would.
+            return await self._bundled_on(await self._connection(), calls)
+
+    async def _bundled_on(self, conn: AbstractConnection, calls: Sequence[Call]) -> list[Any]:
+        try:
+            replies = await run_bundled(conn, calls)
+        except BaseException:
+            # Lost, timed out or cancelled half way: what is left on it cannot be trusted.
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()
+                await self.redis.connection_pool.release(conn)
+            raise
+        await self._keep(conn)
+        return replies
 
     async def _connection(self) -> AbstractConnection:
         conn, self._own = self._own, None

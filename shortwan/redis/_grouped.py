@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from redis.typing import EncodableT
 
@@ -18,6 +18,16 @@ _GATHER: Final = 0.001
 # The longest a lazy call (work that can wait a moment, such as a settle) waits for a round trip
 # that another call starts before it starts one of its own.
 _LAZY: Final = 0.02
+
+
+class MergedState(Protocol):
+    """What the callers of one merged call share (see :meth:`Grouped.call_merged`)."""
+
+    def args(self, items: list[Any]) -> Sequence[EncodableT]:
+        """Return the call's arguments for the items of its callers, as it leaves."""
+
+
+S = TypeVar("S", bound=MergedState)
 
 
 class Sender(Protocol):
@@ -81,48 +91,30 @@ class Grouped:
             raise reply
         return reply
 
-    async def call_all(self, calls: Sequence[Call]) -> list[Any]:
-        """Run ``calls`` in order, in the same round trip; return each reply.
-
-        A call the server refused is answered by a :class:`~shortwan.SharedStateError` in its
-        place (and the calls after it still run).
-
-        Raises:
-            SharedStateError: the server could not be reached (some calls may have run).
-        """
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in calls]
-        for call, future in zip(calls, futures, strict=True):
-            self._enqueue((call, future))
-        try:
-            return [await future for future in futures]
-        except BaseException:
-            for future in futures:  # a caller that leaves takes none of its replies
-                if not future.cancel() and not future.cancelled():
-                    future.exception()  # seen, so it is not reported as never retrieved
-            raise
-
     async def call_merged(
         self,
         key: object,
         script: Script,
         keys: Sequence[str],
-        args: Callable[[list[Any]], Sequence[EncodableT]],
+        start: Callable[[], S],
         item: Any = None,
-    ) -> tuple[Any, int]:
-        """Join the call of ``key`` still waiting to go, or start one; return its reply and place.
+    ) -> tuple[Any, int, S]:
+        """Join the call of ``key`` still waiting to go, or start one; return its reply, this
+        caller's place in it and its state.
 
-        Callers that ask for the same thing at once share one call, made when the round leaves:
-        ``args(items)`` gives its arguments for the ``item`` of each caller that joined, in the
-        order they joined, and its script serves them all (the first caller's place is 0). What
-        they share costs one call, not one each.
+        Callers that ask for the same thing at once share one call, made when the round leaves.
+        The first of them makes its state with ``start()``; ``state.args(items)`` then gives
+        the call's arguments for the ``item`` of each caller that joined, in the order they
+        joined, and its script serves them all (the first caller's place is 0). Every caller
+        gets the same state, where what one of them reads of the reply can be kept for all.
+        What they share costs one call, not one each.
 
         Raises:
             SharedStateError: as for :meth:`call`.
         """
         merged = self._merging.get(key)
         if merged is None:
-            merged = Merged(script, keys, args)
+            merged = Merged(script, keys, start())
             self._enqueue(merged)  # refused by a closed state before anything is kept
             self._merging[key] = merged
         else:
@@ -135,7 +127,8 @@ class Grouped:
             # One error object each: raised in many tasks, a shared one would collect all their
             # tracebacks.
             raise type(reply)(*reply.args)
-        return reply, place
+        # The state of a call of this key is the one its first caller's start() made.
+        return reply, place, cast(S, merged.state)
 
     def _enqueue(
         self, entry: tuple[Call, asyncio.Future[Any]] | Merged, *, lazy: bool = False
@@ -207,23 +200,18 @@ class Grouped:
 class Merged:
     """One call that several callers share (see :meth:`Grouped.call_merged`)."""
 
-    __slots__ = ("args", "futures", "items", "keys", "script")
+    __slots__ = ("futures", "items", "keys", "script", "state")
 
-    def __init__(
-        self,
-        script: Script,
-        keys: Sequence[str],
-        args: Callable[[list[Any]], Sequence[EncodableT]],
-    ) -> None:
+    def __init__(self, script: Script, keys: Sequence[str], state: MergedState) -> None:
         self.script = script
         self.keys = keys
-        self.args = args
+        self.state = state
         self.futures: list[asyncio.Future[tuple[Any, int]]] = []
         self.items: list[Any] = []
 
     def call(self) -> Call:
         """Return the call for every caller that joined."""
-        return (self.script, self.keys, self.args(self.items))
+        return (self.script, self.keys, self.state.args(self.items))
 
     def answer(self, reply: Any) -> None:
         """Give each caller the reply and its place."""

@@ -94,17 +94,15 @@ class _Lease:
 class _Reserving:
     """The reservations asked for at once, which go to the server in one call."""
 
-    __slots__ = ("counter", "granted", "left", "window")
+    __slots__ = ("counter", "granted", "window")
 
     def __init__(self, counter: SharedSpendCounter) -> None:
         self.counter = counter
-        self.left = False  # the call has gone: later reservations make a call of their own
         self.granted: str | None = None  # a 1 or a 0 for each, once the server answered
         self.window = ""
 
     def args(self, leases: list[_Lease]) -> list[EncodableT]:
         """The call's arguments, as it leaves with ``leases``."""
-        self.left = True
         c = self.counter
         args: list[EncodableT] = [c._prefix, c._limit_micro, c._kind, int(c.lease * 1000)]
         for lease in leases:
@@ -154,7 +152,6 @@ class SharedSpendCounter:
         # The reservations this process holds, by amount, oldest first.
         self._held: dict[int, deque[_Lease]] = {}
         self._pending: deque[_Pending] = deque()
-        self._reserving: _Reserving | None = None  # reservations that have not left yet
         # Taken without a trip through the event loop when it is free (the usual case).
         self._flushing = anyio.Lock(fast_acquire=True)
         # Reservations, settles, releases and refunds asked for at once by many creates go to
@@ -304,10 +301,9 @@ class SharedSpendCounter:
             # of a flush under way are already queued ahead of this reservation.)
             await self._flush()
         lease = _Lease(id=secrets.token_hex(12), window="", micro=micro)
-        asking = self._reserving
-        if asking is None or asking.left:
-            asking = self._reserving = _Reserving(self)
-        reply, place = await self._calls.call_merged(asking, RESERVE, (), asking.args, lease)
+        reply, place, asking = await self._calls.call_merged(
+            self, RESERVE, (), self._start_reserving, lease
+        )
         if asking.granted is None:  # the first of them to hear the answer reads it for all
             asking.granted, asking.window = text(reply).split(" ", 1)[0], self._seen(reply)
         lease.window = asking.window
@@ -345,6 +341,9 @@ class SharedSpendCounter:
         await self._apply(_Pending("refund", window, secrets.token_hex(12), micro, "", None))
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _start_reserving(self) -> _Reserving:
+        return _Reserving(self)
 
     def _take(self, reserved: Decimal) -> _Lease:
         micro = to_micro(reserved, up=True)
@@ -386,11 +385,9 @@ class SharedSpendCounter:
         return op.window
 
     async def _flush(self, *, lazy: bool = False) -> None:
-        # In order, all those waiting in one round trip: each is applied once (the server
-        # remembers its id), so a reply lost on the way back only means the operation is sent
-        # again and ignored.
-        # A call refused or lost keeps all of its operations: those it applied are ignored
-        # when they come again.
+        # In order, all those waiting in one call: each is applied once (the server remembers
+        # its id), so a call refused or lost keeps all of its operations, and those it applied
+        # are ignored when they are sent again.
         async with self._flushing:
             while self._pending:
                 ops = [self._pending[i] for i in range(min(len(self._pending), _APPLY_BATCH))]

@@ -159,7 +159,11 @@ class TestBurstsShareATake:
         assert max(done) - min(done) >= 0.37, done
 
     async def test_takes_and_spend_calls_share_round_trips(
-        self, shared: SharedState, monkeypatch: pytest.MonkeyPatch
+        self,
+        shared: SharedState,
+        redis_server: RedisServer,
+        namespace: str,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """What the pieces of one process ask at once (slot takes, reservations, settles,
         polling claims) goes out together: one round trip per burst, not one per piece."""
@@ -182,11 +186,7 @@ class TestBurstsShareATake:
         assert 30 < sum(trips) <= 30 + 3 * len(trips), trips
         assert len(trips) <= 12, trips  # ...in a few rounds that carry every kind at once
         # ...and still book a slot each (31 with the first acquire).
-        sent = [
-            int(await shared.redis.get(key))
-            async for key in shared.redis.scan_iter(match=shared.keys.prefix + "budget:*:sent:*")
-        ]
-        assert sum(sent) == 31, sent
+        assert await booked(redis_server.url, namespace) == 31
         assert (await cap.read()).spent == Decimal("5.1")
         holders = await shared.jobs.claim([f"job-{i}" for i in range(30)], ttl=5.0)
         assert set(holders.values()) == {shared.worker_id}

@@ -33,6 +33,37 @@ DAY = Script("return window_at('day', 0)", calendar=True)
 ECHO = Script("return {KEYS, ARGV}")
 
 
+class Adding:
+    """A merged ADD of 1 for each caller; notes each call's number of callers in ``made``."""
+
+    def __init__(self, key: str, made: list[int]) -> None:
+        self.key, self.made = key, made
+
+    def args(self, items: list[Any]) -> tuple[str, int]:
+        self.made.append(len(items))
+        return (self.key, len(items))
+
+
+class Counting:
+    """A merged ADD of 1 for each caller to ``key``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def args(self, items: list[Any]) -> tuple[str, int]:
+        return (self.key, len(items))
+
+
+class Fixed:
+    """A merged call with the same arguments however many join it."""
+
+    def __init__(self, args: tuple[str, ...]) -> None:
+        self.fixed = args
+
+    def args(self, items: list[Any]) -> tuple[str, ...]:
+        return self.fixed
+
+
 async def evalsha_calls(state: SharedState) -> int:
     stats = await state.redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
@@ -150,16 +181,19 @@ async def test_merged_callers_share_one_call_and_learn_their_places(
     grouped = shared.grouped
     key = f"{namespace}:merged"
     made: list[int] = []
+    states: list[Adding] = []
 
-    def args(items: list[None]) -> tuple[str, int]:
-        made.append(len(items))
-        return (key, len(items))
+    def start() -> Adding:
+        states.append(Adding(key, made))
+        return states[-1]
 
     before = await evalsha_calls(shared)
     results: list[tuple[Any, int]] = []
 
     async def one(tag: object) -> None:
-        results.append(await grouped.call_merged(tag, ADD, (), args))
+        reply, place, state = await grouped.call_merged(tag, ADD, (), start)
+        assert state in states
+        results.append((reply, place))
 
     async with anyio.create_task_group() as tg:
         for _ in range(25):
@@ -173,6 +207,7 @@ async def test_merged_callers_share_one_call_and_learn_their_places(
         assert sorted(place for reply, place in results if reply == total) == list(range(n))
     assert int(await shared.redis.get(key)) == 25
     assert await evalsha_calls(shared) - before <= 2
+    assert len(states) == len(made)  # one state per call, shared by its callers
     # Another key is another call, even at the same moment.
     made.clear()
     async with anyio.create_task_group() as tg:
@@ -191,7 +226,7 @@ async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
 
     async def failing() -> None:
         try:
-            await grouped.call_merged("fail", FAIL, (), lambda items: ("failed-list",))
+            await grouped.call_merged("fail", FAIL, (), lambda: Fixed(("failed-list",)))
         except SharedStateError as exc:
             errors.append(exc)
 
@@ -205,16 +240,15 @@ async def test_merged_callers_each_get_the_error_and_a_cancelled_one_harms_none(
     got: list[tuple[Any, int]] = []
 
     async def waiting() -> None:
-        got.append(
-            await grouped.call_merged("get", ADD, (), lambda items: ("merged-n", len(items)))
-        )
+        reply, place, _ = await grouped.call_merged("get", ADD, (), lambda: Counting("merged-n"))
+        got.append((reply, place))
 
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             tg.start_soon(waiting)
         with anyio.CancelScope() as scope:
             scope.cancel()
-            await grouped.call_merged("get", ADD, (), lambda items: ("merged-n", len(items)))
+            await grouped.call_merged("get", ADD, (), lambda: Counting("merged-n"))
     assert len(got) == 4
     assert {reply for reply, _ in got} == {5}  # the cancelled caller's share was still sent
 
