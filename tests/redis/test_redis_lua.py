@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from redis.exceptions import DataError, ResponseError
-from redis_harness import count_round_trips
+from redis_harness import RedisServer, count_round_trips
 
 from shortwan import SharedStateError
-from shortwan.redis import SharedState
+from shortwan.redis import SharedState, connect
 from shortwan.redis._grouped import _LAZY
 from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
 
@@ -298,3 +299,30 @@ async def test_rounds_keep_one_connection_and_survive_its_loss(
     await shared.redis.client_kill_filter(addr=f"{host}:{port}")
     assert await grouped.call(ADD, (key, 1)) == 7  # on a new connection, run once
     assert int(await shared.redis.get(key)) == 7
+
+
+async def test_calls_queued_as_the_state_closes_fail_rather_than_hang(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Calls queued before the sending task ever ran still get an answer when the state closes
+    at that moment: SharedStateError, not a wait for ever."""
+    state = await connect(redis_server.url, namespace=namespace, heartbeat=2.0)
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await state.grouped.call(ADD, (f"{namespace}:late", 1))
+        except SharedStateError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(caller)
+            # The callers run first and queue their calls; the task that would send them is
+            # only scheduled, and the close comes before its first step.
+            await anyio.lowlevel.checkpoint()
+            assert state.grouped._waiting
+            await state.aclose()
+    assert len(errors) == 3
+    assert all("clos" in str(e) for e in errors)
