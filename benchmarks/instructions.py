@@ -1,0 +1,126 @@
+"""The overhead benchmark counted in instructions: a figure that the machine's noise leaves alone.
+
+Run: ``python -m benchmarks.instructions [--concurrency 32 200] [--jobs N]``. It needs valgrind
+(``apt-get install valgrind``). Each contender (the raw aiohttp loop, shortwan's ``gather()``
+stock, and with the speed extra when it is installed) runs instant jobs against the fake service
+in a child process under ``valgrind --tool=callgrind``, which counts the instructions the client
+executes. The fake service is a process of its own, started by the child and not counted. Every
+contender runs twice, with ``--jobs`` and with a tenth of them, and the difference divided by the
+jobs between the two is its count per job: start-up and imports cancel out.
+
+The count is repeatable (two runs of the same code differ by well under 1 %) where CPU seconds
+on a shared machine swing by a third, so it tells whether a change to the hot path helps. It is
+not the CPU figure: an instruction that waits for memory costs more than one that does not, and
+valgrind's slowness changes how answers bunch up between loop iterations. The targets stay with
+the CPU figures of ``python -m benchmarks --only overhead``; this is the yardstick for the steps
+toward them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+
+from benchmarks._harness import fake_server, machine, table
+from benchmarks.engine import (
+    INSTANT_POLL,
+    raw_loop,
+    requests,
+    run_on,
+    shortwan_batch,
+    speed_available,
+)
+from shortwan import _json as shortwan_json
+
+_CONTENDERS = ("raw", "stock", "speed")
+_COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
+
+
+def child(contender: str, jobs: int, concurrency: int) -> None:
+    """Run one contender's jobs (the process valgrind counts)."""
+    with fake_server(run_time=0) as server:
+        reqs = requests(jobs, f"{contender}-{jobs}-{concurrency}")
+        if contender == "raw":
+            assert anyio.run(raw_loop, server, reqs, concurrency) == jobs
+            return
+        speed = contender == "speed"
+        with shortwan_json.backend("orjson" if speed else "stdlib"):
+            ok, _ = run_on(speed, shortwan_batch, server, reqs, concurrency, INSTANT_POLL)
+        assert ok == jobs
+
+
+def count(valgrind: str, contender: str, jobs: int, concurrency: int) -> int:
+    """Return the instructions one child run executed."""
+    command = [
+        valgrind,
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "--child",
+        contender,
+        str(jobs),
+        str(concurrency),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{contender} under valgrind failed:\n{done.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_job(valgrind: str, contender: str, jobs: int, concurrency: int) -> float:
+    """Return the instructions per job of ``contender``, start-up taken out."""
+    few = max(jobs // 10, 1)
+    with ThreadPoolExecutor(2) as pool:
+        small = pool.submit(count, valgrind, contender, few, concurrency)
+        large = pool.submit(count, valgrind, contender, jobs, concurrency)
+        return (large.result() - small.result()) / (jobs - few)
+
+
+def main() -> None:
+    """Count every contender at each concurrency and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--child", nargs=3, metavar=("CONTENDER", "JOBS", "CONCURRENCY"))
+    args = parser.parse_args()
+    if args.child:
+        contender, jobs, concurrency = args.child
+        child(contender, int(jobs), int(concurrency))
+        return
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind (or your system's package)")
+    contenders = [c for c in _CONTENDERS if c != "speed" or speed_available()]
+    labels = {
+        "raw": "raw aiohttp loop",
+        "stock": "shortwan gather()",
+        "speed": "shortwan gather(), uvloop + orjson",
+    }
+    print(f"shortwan instruction counts — {machine()}\n")
+    rows: list[list[object]] = []
+    for concurrency in args.concurrency:
+        counts = {c: per_job(valgrind, c, args.jobs, concurrency) for c in contenders}
+        for contender in contenders:
+            ratio = counts[contender] / counts["raw"]
+            rows.append([concurrency, labels[contender], round(counts[contender]), ratio])
+    print(
+        table(
+            f"Instructions per job, instant jobs ({args.jobs} jobs less {args.jobs // 10})",
+            ["concurrency", "client", "instructions per job", "× raw loop"],
+            rows,
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
