@@ -177,11 +177,14 @@ def _bundle(scripts: tuple[Script, ...]) -> Script:
 
 
 def _field(value: EncodableT) -> bytes:
-    # As redis-py encodes an argument: text as UTF-8, numbers as their repr.
-    if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, str):
+    # As redis-py encodes an argument: text as UTF-8, numbers as their repr. Text first: keys,
+    # ids and amounts are the usual arguments.
+    if isinstance(value, str):
         data = value.encode()
+    elif type(value) is int:
+        data = b"%d" % value
+    elif isinstance(value, bytes):
+        data = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
         data = repr(value).encode()
     elif isinstance(value, memoryview):

@@ -155,7 +155,7 @@ async def test_lost_scripts_loaded_and_each_call_run_once(
 async def test_any_bytes_arrive_as_sent(shared: SharedState) -> None:
     """Keys and arguments travel inside one packed argument each: colons, digits, empty values,
     bytes that are not UTF-8 and numbers arrive exactly as redis-py would have sent them."""
-    values = ["", "1:2:3", "12:", b"\xff\x00:\n", "é", 7, -3, 0.25, 1e-7, "9" * 300]
+    values = ["", "1:2:3", "12:", b"\xff\x00:\n", "é", 7, -3, 2**70, 0.25, 1e-7, "9" * 300]
     calls: list[Call] = [
         (ECHO, (), values),
         (ECHO, ("k:1", ""), ()),
