@@ -1,12 +1,15 @@
 """The overhead benchmark counted in instructions: a figure that the machine's noise leaves alone.
 
-Run: ``python -m benchmarks.instructions [--concurrency 32 200] [--jobs N]``. It needs valgrind
-(``apt-get install valgrind``). Each contender (the raw aiohttp loop, shortwan's ``gather()``
-stock, and with the speed extra when it is installed) runs instant jobs against the fake service
-in a child process under ``valgrind --tool=callgrind``, which counts the instructions the client
-executes. The fake service is a process of its own, started by the child and not counted. Every
-contender runs twice, with ``--jobs`` and with a tenth of them, and the difference divided by the
-jobs between the two is its count per job: start-up and imports cancel out.
+Run: ``python -m benchmarks.instructions [--concurrency 32 200] [--jobs N] [--shared]``. It needs
+valgrind (``apt-get install valgrind``). Each contender (the raw aiohttp loop, shortwan's
+``gather()`` stock, and with the speed extra when it is installed) runs instant jobs against the
+fake service in a child process under ``valgrind --tool=callgrind``, which counts the
+instructions the client executes. The fake service is a process of its own, started by the child
+and not counted. Every contender runs twice, with ``--jobs`` and with a tenth of them, and the
+difference divided by the jobs between the two is its count per job: start-up and imports cancel
+out. ``--shared`` adds the capped client of ``benchmarks.shared``, alone and sharing through a
+redis-server of its own (not counted either); the kernel's work for each round trip to Redis is
+left out of the count.
 
 The count is repeatable (two runs of the same code differ by well under 1 %) where CPU seconds
 on a shared machine swing by a third, so it tells whether a change to the hot path helps. It is
@@ -39,11 +42,16 @@ from benchmarks.engine import (
 from shortwan import _json as shortwan_json
 
 _CONTENDERS = ("raw", "stock", "speed")
+# With --shared: a client alone with an in-memory cap, and one sharing its cap through Redis.
+_SHARED = ("alone", "shared")
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
 def child(contender: str, jobs: int, concurrency: int) -> None:
     """Run one contender's jobs (the process valgrind counts)."""
+    if contender in _SHARED:
+        shared_child(contender == "shared", jobs, concurrency)
+        return
     with fake_server(run_time=0) as server:
         reqs = requests(jobs, f"{contender}-{jobs}-{concurrency}")
         if contender == "raw":
@@ -52,6 +60,18 @@ def child(contender: str, jobs: int, concurrency: int) -> None:
         speed = contender == "speed"
         with shortwan_json.backend("orjson" if speed else "stdlib"):
             ok, _ = run_on(speed, shortwan_batch, server, reqs, concurrency, INSTANT_POLL)
+        assert ok == jobs
+
+
+def shared_child(through_redis: bool, jobs: int, concurrency: int) -> None:
+    """Run the shared benchmark's capped batch, alone or through a redis-server of its own."""
+    from benchmarks._harness import redis_process
+    from benchmarks.shared import CAP, one_round
+
+    with fake_server(run_time=0) as server, redis_process() as redis:
+        url = redis.url if through_redis else None
+        reqs = requests(jobs, f"{through_redis}-{jobs}")
+        _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, CAP)
         assert ok == jobs
 
 
@@ -90,6 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument(
+        "--shared", action="store_true", help="also a client sharing its cap through Redis"
+    )
     parser.add_argument("--child", nargs=3, metavar=("CONTENDER", "JOBS", "CONCURRENCY"))
     args = parser.parse_args()
     if args.child:
@@ -100,22 +123,27 @@ def main() -> None:
     if valgrind is None:
         sys.exit("valgrind is not installed: apt-get install valgrind (or your system's package)")
     contenders = [c for c in _CONTENDERS if c != "speed" or speed_available()]
+    if args.shared:
+        contenders += _SHARED
     labels = {
         "raw": "raw aiohttp loop",
         "stock": "shortwan gather()",
         "speed": "shortwan gather(), uvloop + orjson",
+        "alone": "shortwan gather(), in-memory cap",
+        "shared": "shortwan gather(), cap, claims and job ends in Redis",
     }
     print(f"shortwan instruction counts — {machine()}\n")
     rows: list[list[object]] = []
     for concurrency in args.concurrency:
         counts = {c: per_job(valgrind, c, args.jobs, concurrency) for c in contenders}
         for contender in contenders:
-            ratio = counts[contender] / counts["raw"]
-            rows.append([concurrency, labels[contender], round(counts[contender]), ratio])
+            base = "alone" if contender == "shared" else "raw"
+            ratio = counts[contender] / counts[base]
+            rows.append([concurrency, labels[contender], round(counts[contender]), base, ratio])
     print(
         table(
             f"Instructions per job, instant jobs ({args.jobs} jobs less {args.jobs // 10})",
-            ["concurrency", "client", "instructions per job", "× raw loop"],
+            ["concurrency", "client", "instructions per job", "against", "ratio"],
             rows,
         ),
         flush=True,
