@@ -524,6 +524,20 @@ class TestDemoFolder:
         assert results_file.read_text() == "{}\n"
         assert sorted(p.name for p in out.iterdir()) == ["journal.sqlite", "results.jsonl"]
 
+    def test_demo_run_again_in_its_folder_makes_its_videos_again(self, tmp_path: Path) -> None:
+        """A second demo in the folder the first one made starts over, its videos included
+        (a download never replaces a file it did not write), and leaves other files alone."""
+        out = tmp_path / "demo"
+        assert shortwan("demo", "-o", str(out), timeout=90).returncode == 0
+        mine = out / "notes.txt"
+        mine.write_text("mine")
+        done = shortwan("demo", "-o", str(out), timeout=90)
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = results(out)
+        assert sorted(str(row["status"]) for row in rows) == ["succeeded"] * 6
+        assert len(list(out.glob("*.mp4"))) == 6
+        assert mine.read_text() == "mine"
+
 
 class TestWiring:
     def test_the_command_line_does_not_load_the_fake(self) -> None:

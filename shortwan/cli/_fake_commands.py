@@ -72,6 +72,11 @@ _DEMO_STATE: Final = tuple(
 )
 
 
+def _demo_video(image: Path) -> str:
+    """Name the video the demo makes of ``image``."""
+    return f"{image.stem}.mp4"
+
+
 def write_demo_batch(folder: Path, images: list[Path]) -> Path:
     """Write the demo's JSONL file (one line per image) and return its path."""
     lines = []
@@ -83,7 +88,7 @@ def write_demo_batch(folder: Path, images: list[Path]) -> Path:
                 "first_frame_image": str(image),
                 "duration": 2 + number % 3,
                 "resolution": "720p",
-                "output": f"{image.stem}.mp4",
+                "output": _demo_video(image),
             }
         )
     path = folder / "demo.jsonl"
@@ -111,7 +116,8 @@ def demo(out: Path) -> None:
     # A demo starts over (its fake server forgot its jobs when it stopped), but only in a folder
     # a demo made: elsewhere the journal may be the only record of paid jobs still running.
     state = [name for name in _DEMO_STATE if (out / name).exists()]
-    if state and not (out / DEMO_MARKER).is_file():
+    made_by_demo = (out / DEMO_MARKER).is_file()
+    if state and not made_by_demo:
         err.print(
             f"{out} holds {', '.join(state)} of a batch that is not a demo run (its journal may "
             "list paid jobs still running); choose another folder with -o",
@@ -124,7 +130,13 @@ def demo(out: Path) -> None:
     )
     for name in state:
         (out / name).unlink(missing_ok=True)
-    source = write_demo_batch(out, sample_images())
+    images = sample_images()
+    if made_by_demo:
+        # Its videos go too: they are made again, and a download never replaces a file it did
+        # not write. Only in a folder a demo made: elsewhere such a name may be someone's file.
+        for image in images:
+            (out / _demo_video(image)).unlink(missing_ok=True)
+    source = write_demo_batch(out, images)
 
     async def go() -> int:
         async with FakeShortAPI(
