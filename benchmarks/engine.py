@@ -159,6 +159,19 @@ async def shortwan_batch(
         return ok, client.statistics().polling.queries_sent
 
 
+def run_instant(
+    server: FakeServer, reqs: list[ImageToVideo], concurrency: int, *, raw: bool, speed: bool
+) -> int:
+    """Run instant jobs through the raw loop, or through shortwan's ``gather()`` (on uvloop with
+    orjson when ``speed``); return how many ended with a video."""
+    if raw:
+        done: int = anyio.run(raw_loop, server, reqs, concurrency)
+        return done
+    with shortwan_json.backend("orjson" if speed else "stdlib"):
+        ok, _ = run_on(speed, shortwan_batch, server, reqs, concurrency, INSTANT_POLL)
+    return int(ok)
+
+
 def speed_available() -> bool:
     """Whether the speed extra (orjson and uvloop) is installed."""
     return bool(shortwan_json.orjson_available()) and importlib.util.find_spec("uvloop") is not None

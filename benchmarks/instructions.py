@@ -30,16 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 
-from benchmarks._harness import fake_server, machine, table
-from benchmarks.engine import (
-    INSTANT_POLL,
-    raw_loop,
-    requests,
-    run_on,
-    shortwan_batch,
-    speed_available,
-)
-from shortwan import _json as shortwan_json
+from benchmarks._harness import fake_server, machine, redis_process, table
+from benchmarks.engine import requests, run_instant, speed_available
+from benchmarks.shared import CAP, one_round
 
 _CONTENDERS = ("raw", "stock", "speed")
 # With --shared: a client alone with an in-memory cap, and one sharing its cap through Redis.
@@ -49,30 +42,17 @@ _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 def child(contender: str, jobs: int, concurrency: int) -> None:
     """Run one contender's jobs (the process valgrind counts)."""
+    reqs = requests(jobs, f"{contender}-{jobs}-{concurrency}")
     if contender in _SHARED:
-        shared_child(contender == "shared", jobs, concurrency)
-        return
-    with fake_server(run_time=0) as server:
-        reqs = requests(jobs, f"{contender}-{jobs}-{concurrency}")
-        if contender == "raw":
-            assert anyio.run(raw_loop, server, reqs, concurrency) == jobs
-            return
-        speed = contender == "speed"
-        with shortwan_json.backend("orjson" if speed else "stdlib"):
-            ok, _ = run_on(speed, shortwan_batch, server, reqs, concurrency, INSTANT_POLL)
-        assert ok == jobs
-
-
-def shared_child(through_redis: bool, jobs: int, concurrency: int) -> None:
-    """Run the shared benchmark's capped batch, alone or through a redis-server of its own."""
-    from benchmarks._harness import redis_process
-    from benchmarks.shared import CAP, one_round
-
-    with fake_server(run_time=0) as server, redis_process() as redis:
-        url = redis.url if through_redis else None
-        reqs = requests(jobs, f"{through_redis}-{jobs}")
-        _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, CAP)
-        assert ok == jobs
+        # The shared benchmark's capped batch, alone or through a redis-server of its own.
+        with fake_server(run_time=0) as server, redis_process() as redis:
+            url = redis.url if contender == "shared" else None
+            _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, CAP)
+    else:
+        with fake_server(run_time=0) as server:
+            raw = contender == "raw"
+            ok = run_instant(server, reqs, concurrency, raw=raw, speed=contender == "speed")
+    assert ok == jobs
 
 
 def count(valgrind: str, contender: str, jobs: int, concurrency: int) -> int:
@@ -96,9 +76,9 @@ def count(valgrind: str, contender: str, jobs: int, concurrency: int) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def per_job(valgrind: str, contender: str, jobs: int, concurrency: int) -> float:
-    """Return the instructions per job of ``contender``, start-up taken out."""
-    few = max(jobs // 10, 1)
+def per_job(valgrind: str, contender: str, jobs: int, few: int, concurrency: int) -> float:
+    """Return the instructions per job of ``contender``: ``jobs`` less ``few``, so that
+    start-up is taken out."""
     with ThreadPoolExecutor(2) as pool:
         small = pool.submit(count, valgrind, contender, few, concurrency)
         large = pool.submit(count, valgrind, contender, jobs, concurrency)
@@ -132,17 +112,18 @@ def main() -> None:
         "alone": "shortwan gather(), in-memory cap",
         "shared": "shortwan gather(), cap, claims and job ends in Redis",
     }
+    few = max(args.jobs // 10, 1)
     print(f"shortwan instruction counts — {machine()}\n")
     rows: list[list[object]] = []
     for concurrency in args.concurrency:
-        counts = {c: per_job(valgrind, c, args.jobs, concurrency) for c in contenders}
+        counts = {c: per_job(valgrind, c, args.jobs, few, concurrency) for c in contenders}
         for contender in contenders:
             base = "alone" if contender == "shared" else "raw"
             ratio = counts[contender] / counts[base]
             rows.append([concurrency, labels[contender], round(counts[contender]), base, ratio])
     print(
         table(
-            f"Instructions per job, instant jobs ({args.jobs} jobs less {args.jobs // 10})",
+            f"Instructions per job, instant jobs ({args.jobs} jobs less {few})",
             ["concurrency", "client", "instructions per job", "against", "ratio"],
             rows,
         ),

@@ -16,15 +16,11 @@ import cProfile
 import pstats
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-
-import anyio
 
 from benchmarks._harness import FakeServer, cpu_clock, fake_server, machine, table
-from benchmarks.engine import INSTANT_POLL, raw_loop, requests, run_on, shortwan_batch
-from shortwan import _json as shortwan_json
+from benchmarks.engine import requests, run_instant
+from shortwan import ImageToVideo
 
 # Library roots shown as one line each; anything else in site-packages or the stdlib is "other".
 _GROUPS = (
@@ -57,15 +53,6 @@ def group_of(filename: str) -> str:
     return "other Python"
 
 
-def _runner(contender: str, speed: bool) -> Callable[[FakeServer, list[Any], int], Any]:
-    def run(server: FakeServer, reqs: list[Any], concurrency: int) -> Any:
-        if contender == "raw":
-            return anyio.run(raw_loop, server, reqs, concurrency)
-        return run_on(speed, shortwan_batch, server, reqs, concurrency, INSTANT_POLL)
-
-    return run
-
-
 def profile_run(
     contender: str, jobs: int, concurrency: int, speed: bool
 ) -> tuple[dict[str, float], float, pstats.Stats]:
@@ -75,9 +62,12 @@ def profile_run(
         µs of own time per job by group (scaled to the unprofiled CPU), the unprofiled CPU per
         job in µs, and the raw statistics.
     """
-    codec: Literal["orjson", "stdlib"] = "orjson" if speed and contender != "raw" else "stdlib"
-    run = _runner(contender, speed and contender != "raw")
-    with fake_server(run_time=0) as server, shortwan_json.backend(codec):
+    raw = contender == "raw"
+
+    def run(server: FakeServer, reqs: list[ImageToVideo], concurrency: int) -> None:
+        run_instant(server, reqs, concurrency, raw=raw, speed=speed and not raw)
+
+    with fake_server(run_time=0) as server:
         run(server, requests(50, f"warm-{contender}"), concurrency)
         # Requests are built before the clocks start: making them is not the client's work.
         reqs = requests(jobs, f"plain-{contender}-{concurrency}")

@@ -320,7 +320,9 @@ async def test_calls_queued_as_the_state_closes_fail_rather_than_hang(
             for _ in range(3):
                 tg.start_soon(caller)
             # The callers run first and queue their calls; the task that would send them is
-            # only scheduled, and the close comes before its first step.
+            # only scheduled, and the close comes before its first step. (Once it runs, it takes
+            # every queued call before it waits for anything: calls still queued here mean it
+            # has not run.)
             await anyio.lowlevel.checkpoint()
             assert state.grouped._waiting
             await state.aclose()
