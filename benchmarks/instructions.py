@@ -7,8 +7,9 @@ fake service in a child process under ``valgrind --tool=callgrind``, which count
 instructions the client executes. The fake service is a process of its own, started by the child
 and not counted. Every contender runs twice, with ``--jobs`` and with a tenth of them, and the
 difference divided by the jobs between the two is its count per job: start-up and imports cancel
-out. ``--shared`` adds the capped client of ``benchmarks.shared``, alone and sharing through a
-redis-server of its own (not counted either); the kernel's work for each round trip to Redis is
+out. ``--shared`` adds the client of ``benchmarks.shared``, alone and sharing through a
+redis-server of its own (not counted either), with a cap and without: the difference between
+the two ratios is what sharing the cap costs. The kernel's work for each round trip to Redis is
 left out of the count.
 
 The count is repeatable (two runs of the same code differ by well under 1 %) where CPU seconds
@@ -35,8 +36,15 @@ from benchmarks.engine import requests, run_instant, speed_available
 from benchmarks.shared import CAP, one_round
 
 _CONTENDERS = ("raw", "stock", "speed")
-# With --shared: a client alone with an in-memory cap, and one sharing its cap through Redis.
-_SHARED = ("alone", "shared")
+# With --shared: the client of ``benchmarks.shared`` alone and sharing through Redis, with a cap
+# and without one (so the cap's part of the cost of sharing shows on its own). Each shared
+# contender is counted against the alone one of the same cap.
+_SHARED = {
+    "alone": "alone",
+    "shared": "alone",
+    "alone-nocap": "alone-nocap",
+    "shared-nocap": "alone-nocap",
+}
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
@@ -46,8 +54,9 @@ def child(contender: str, jobs: int, concurrency: int) -> None:
     if contender in _SHARED:
         # The shared benchmark's capped batch, alone or through a redis-server of its own.
         with fake_server(run_time=0) as server, redis_process() as redis:
-            url = redis.url if contender == "shared" else None
-            _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, CAP)
+            url = redis.url if contender.startswith("shared") else None
+            cap = None if contender.endswith("nocap") else CAP
+            _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, cap)
     else:
         with fake_server(run_time=0) as server:
             raw = contender == "raw"
@@ -91,7 +100,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 200])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument(
-        "--shared", action="store_true", help="also a client sharing its cap through Redis"
+        "--shared",
+        action="store_true",
+        help="also a client sharing through Redis, with a cap and without",
     )
     parser.add_argument("--child", nargs=3, metavar=("CONTENDER", "JOBS", "CONCURRENCY"))
     args = parser.parse_args()
@@ -104,13 +115,15 @@ def main() -> None:
         sys.exit("valgrind is not installed: apt-get install valgrind (or your system's package)")
     contenders = [c for c in _CONTENDERS if c != "speed" or speed_available()]
     if args.shared:
-        contenders += _SHARED
+        contenders += list(_SHARED)
     labels = {
         "raw": "raw aiohttp loop",
         "stock": "shortwan gather()",
         "speed": "shortwan gather(), uvloop + orjson",
         "alone": "shortwan gather(), in-memory cap",
         "shared": "shortwan gather(), cap, claims and job ends in Redis",
+        "alone-nocap": "shortwan gather(), no cap",
+        "shared-nocap": "shortwan gather(), claims and job ends in Redis, no cap",
     }
     few = max(args.jobs // 10, 1)
     print(f"shortwan instruction counts — {machine()}\n")
@@ -118,7 +131,7 @@ def main() -> None:
     for concurrency in args.concurrency:
         counts = {c: per_job(valgrind, c, args.jobs, few, concurrency) for c in contenders}
         for contender in contenders:
-            base = "alone" if contender == "shared" else "raw"
+            base = _SHARED.get(contender, "raw")
             ratio = counts[contender] / counts[base]
             rows.append([concurrency, labels[contender], round(counts[contender]), base, ratio])
     print(
