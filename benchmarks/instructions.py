@@ -33,18 +33,13 @@ import anyio
 
 from benchmarks._harness import fake_server, machine, redis_process, table
 from benchmarks.engine import requests, run_instant, speed_available
-from benchmarks.shared import CAP, one_round
+from benchmarks.shared import CONTENDERS as SHARED_CONTENDERS
+from benchmarks.shared import against, one_round
 
 _CONTENDERS = ("raw", "stock", "speed")
-# With --shared: the client of ``benchmarks.shared`` alone and sharing through Redis, with a cap
-# and without one (so the cap's part of the cost of sharing shows on its own). Each shared
-# contender is counted against the alone one of the same cap.
-_SHARED = {
-    "alone": "alone",
-    "shared": "alone",
-    "alone-nocap": "alone-nocap",
-    "shared-nocap": "alone-nocap",
-}
+# With --shared: the clients of ``benchmarks.shared`` (alone and sharing through Redis, with a
+# cap and without), by their place there.
+_SHARED = {f"shared-{place}": place for place in range(len(SHARED_CONTENDERS))}
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
@@ -52,10 +47,10 @@ def child(contender: str, jobs: int, concurrency: int) -> None:
     """Run one contender's jobs (the process valgrind counts)."""
     reqs = requests(jobs, f"{contender}-{jobs}-{concurrency}")
     if contender in _SHARED:
-        # The shared benchmark's capped batch, alone or through a redis-server of its own.
+        # The shared benchmark's batch, alone or through a redis-server of its own.
+        _, through_redis, cap = SHARED_CONTENDERS[_SHARED[contender]]
         with fake_server(run_time=0) as server, redis_process() as redis:
-            url = redis.url if contender.startswith("shared") else None
-            cap = None if contender.endswith("nocap") else CAP
+            url = redis.url if through_redis else None
             _, ok, _ = anyio.run(one_round, server, reqs, concurrency, url, cap)
     else:
         with fake_server(run_time=0) as server:
@@ -120,10 +115,7 @@ def main() -> None:
         "raw": "raw aiohttp loop",
         "stock": "shortwan gather()",
         "speed": "shortwan gather(), uvloop + orjson",
-        "alone": "shortwan gather(), in-memory cap",
-        "shared": "shortwan gather(), cap, claims and job ends in Redis",
-        "alone-nocap": "shortwan gather(), no cap",
-        "shared-nocap": "shortwan gather(), claims and job ends in Redis, no cap",
+        **{key: SHARED_CONTENDERS[place][0] for key, place in _SHARED.items()},
     }
     few = max(args.jobs // 10, 1)
     print(f"shortwan instruction counts — {machine()}\n")
@@ -131,9 +123,11 @@ def main() -> None:
     for concurrency in args.concurrency:
         counts = {c: per_job(valgrind, c, args.jobs, few, concurrency) for c in contenders}
         for contender in contenders:
-            base = _SHARED.get(contender, "raw")
+            place = _SHARED.get(contender)
+            base = "raw" if place is None else f"shared-{against(place)}"
             ratio = counts[contender] / counts[base]
-            rows.append([concurrency, labels[contender], round(counts[contender]), base, ratio])
+            row = [concurrency, labels[contender], round(counts[contender]), labels[base], ratio]
+            rows.append(row)
     print(
         table(
             f"Instructions per job, instant jobs ({args.jobs} jobs less {few})",

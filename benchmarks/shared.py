@@ -87,6 +87,12 @@ CONTENDERS = (
 )
 
 
+def against(place: int) -> int:
+    """Return the place in CONTENDERS of the client that the one at ``place`` is measured
+    against: each shared contender against the alone one above it (with the same cap)."""
+    return place - place % 2
+
+
 def bench_overhead(quick: bool) -> Section:
     """Measure the contenders side by side, round after round (medians of per-round ratios)."""
     n, concurrency, rounds = (600, 32, 3) if quick else (1000, 32, 7)
@@ -109,7 +115,7 @@ def bench_overhead(quick: bool) -> Section:
     rows: list[list[object]] = []
     ratios: dict[str, float] = {}
     for i, (name, _, _) in enumerate(CONTENDERS):
-        base = CONTENDERS[i - i % 2][0]  # each shared contender against the alone one above it
+        base = CONTENDERS[against(i)][0]
         ratios[name] = median([a / b for a, b in zip(cpu[name], cpu[base], strict=True)])
         rows.append(
             [name, median(cpu[name]), ratios[name], queries[name], median(server_cpu[name])]
