@@ -38,7 +38,7 @@ local function books(win) return prefix .. ':' .. win, prefix .. ':' .. win .. '
 local function drop(book, leases, id)
   local amount = redis.call('HGET', book, 'l:' .. id)
   if amount then
-    redis.call('HINCRBY', book, 'reserved', '-' .. amount)
+    redis.call('HINCRBY', book, 'reserved', int(-tonumber(amount)))  -- '-0' is refused
     redis.call('HDEL', book, 'l:' .. id)
   end
   redis.call('ZREM', leases, id)
@@ -152,7 +152,7 @@ end
 local function refund(w, op, micro)
   local win, book, leases, new = operation(w, op)
   if not new then return answer(0, win, figures(book)) end
-  if redis.call('HINCRBY', book, 'spent', '-' .. micro) < 0 then
+  if redis.call('HINCRBY', book, 'spent', int(-tonumber(micro))) < 0 then
     redis.call('HSET', book, 'spent', '0')
   end
   keep(book, leases, win)

@@ -99,6 +99,17 @@ class TestMoney:
         await cap.refund(D("0.0000019"))  # refunds 0.000001
         assert cap.spent == D("0.000001")
 
+    async def test_zero_charges_and_refunds_are_applied(self, shared: SharedState) -> None:
+        """A job charged nothing, and its refund of nothing, are applied like any other: the
+        server does not refuse them, and the counter goes on granting."""
+        cap = await shared.spend_counter("1")
+        assert await cap.reserve(D("0.17"))
+        await cap.settle(D("0.17"), D("0"))
+        await cap.refund(D("0"))
+        figures = await cap.read()
+        assert (figures.spent, figures.reserved, cap.pending) == (0, 0, 0)
+        assert await cap.reserve(D("0.17"))
+
     async def test_bad_amounts_are_refused(self, shared: SharedState) -> None:
         """Negative, infinite and non-numeric amounts raise ValueError and change nothing."""
         cap = await shared.spend_counter("1")
