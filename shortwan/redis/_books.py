@@ -3,12 +3,13 @@
 A counter ``{namespace}:spend:{name}`` has its settings in ``...:conf`` (limit in micro-dollars,
 window kind), and per window (``all``, ``d2025-06-01`` or ``m2025-06``, by the server's UTC clock):
 
-- the hash ``...:{window}`` with ``spent``, ``reserved`` and ``l:<lease id>`` = the micro-dollars
-  each live reservation holds;
-- the sorted set ``...:{window}:leases``, each lease id scored by its expiry (server milliseconds).
+- the hash ``...:{window}`` with ``spent``, ``reserved`` and ``l:<pool id>`` = the micro-dollars
+  the pool of one process holds: room for its creates under way, and a little for those to come;
+- the sorted set ``...:{window}:leases``, each pool id scored by its expiry (server milliseconds).
 
-``...:done:<operation id>`` marks a settle, release or refund as applied, for a week, so that one
-sent again after a lost reply changes nothing. A window's books expire two days after it ends.
+``...:done:<operation id>`` marks a draw, settle or refund as applied, for a week, so that one sent
+again after a lost reply changes nothing; for a grow it keeps the answer, for an hour. A window's
+books expire two days after it ends.
 Every script clears a few lapsed leases of the window it touches before it reads the figures.
 """
 
@@ -18,19 +19,22 @@ from typing import Final
 
 from ._lua import Script
 
-__all__ = ["APPLY", "OPEN", "READ", "RENEW", "RESERVE"]
+__all__ = ["APPLY", "GROW", "OPEN", "READ", "RENEW"]
 
 _DONE_TTL: Final = 7 * 24 * 3600
 # Past its end a window's books are kept this long, for late settles and for reading.
 _WINDOW_GRACE: Final = 2 * 24 * 3600
 _SWEEP: Final = 64  # expired leases cleared per call, bounding the script's time
+# How long a grow's answer is kept for the same grow sent again (after a lost reply).
+_GROW_TTL: Final = 3600
 
 
 # Lua helpers for one counter: its books are the hash {prefix}:{window} (fields spent, reserved,
 # l:<lease id> = the lease's micro-dollars) and the sorted set {prefix}:{window}:leases (lease id
 # scored by its expiry in server milliseconds).
 _BOOKS = (
-    f"local SWEEP, GRACE, DONE_TTL = {_SWEEP}, {_WINDOW_GRACE}, {_DONE_TTL}\n"
+    f"local SWEEP, GRACE = {_SWEEP}, {_WINDOW_GRACE}\n"
+    f"local DONE_TTL, GROW_TTL = {_DONE_TTL}, {_GROW_TTL}\n"
     + """
 local prefix = ARGV[1]
 local function books(win) return prefix .. ':' .. win, prefix .. ':' .. win .. ':leases' end
@@ -90,11 +94,18 @@ return redis.call('HMGET', conf, 'limit', 'window')
 """
 )
 
-# ARGV: prefix, limit (used when the settings are gone), window kind, lease ms, then (amount,
-# lease id) for each reservation asked for at once. Each is granted in turn while it fits under
-# the cap; the answer's first word has a 1 (granted) or a 0 for each. A lease the books already
-# hold (the same call sent again after its answer was lost) is granted without counting twice.
-RESERVE = Script(
+# ARGV: prefix, limit (used when the settings are gone), window kind, lease ms, pool id, grow id,
+# the pool's window ('' for a new pool), base, borrowed, ahead, then the amount of each create
+# asking at once. A process holds room for its creates as one lease of its own, its pool
+# (l:<pool id>); this call tops it up. ``borrowed`` is room of the pool not yet handed out that
+# the process lends to these creates, and ``base`` what the pool holds for creates under way and
+# settles not yet applied: if the lease lapsed (an outage longer than the lease), base is held
+# again, as RENEW would, and the borrowed room is gone. Each create is granted in turn while it
+# fits under the cap; if all are, up to ``ahead`` more is held for the creates to come. The
+# answer: g and a 1 or a 0 for each create, the room held ahead, whether the lease had lapsed, the
+# milliseconds until the window ends (-1: it never does), then the window and its figures. A
+# grow sent again after its answer was lost answers the same and changes nothing.
+GROW = Script(
     _BOOKS
     + """
 local conf = prefix .. ':conf'
@@ -104,49 +115,95 @@ end
 if redis.call('HGET', conf, 'window') ~= ARGV[3] then
   return redis.error_reply('shortwan: this spend counter has another window')
 end
+local done = prefix .. ':done:' .. ARGV[6]
+local before = redis.call('GET', done)
+if before then return before end
 local now = now_ms()
 local win = window_at(ARGV[3], math.floor(now / 1000))
 local book, leases = books(win)
 sweep(book, leases, now)
 local f = figures(book)
-local reserved, granted = f[2], {}
-for i = 5, #ARGV, 2 do
+local field = 'l:' .. ARGV[5]
+local base, borrowed, ahead = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local had = tonumber(redis.call('HGET', book, field) or '-1')
+local lapsed = 0
+local reserved = f[2]
+if win ~= ARGV[7] then
+  borrowed = 0  -- the pool's room is in a window that has ended: none of it counts here
+  had = math.max(had, 0)
+elseif had < 0 then
+  lapsed = 1  -- the pool's lease lapsed (or its books are gone): hold its creates' room again
+  borrowed = 0
+  had = base
+  reserved = reserved + base
+end
+local room = f[3] - f[1] - reserved + borrowed
+local granted, used, refused = {}, 0, false
+for i = 11, #ARGV do
   local amount = tonumber(ARGV[i])
-  if redis.call('HEXISTS', book, 'l:' .. ARGV[i + 1]) == 1 then
-    granted[#granted + 1] = '1'  -- sent again after a lost answer: held once
-  elseif f[1] + reserved + amount > f[3] then
-    granted[#granted + 1] = '0'
-  else
-    reserved = reserved + amount
-    redis.call('HSET', book, 'l:' .. ARGV[i + 1], ARGV[i])
-    redis.call('ZADD', leases, now + tonumber(ARGV[4]), ARGV[i + 1])
+  if amount <= room then
+    room = room - amount
+    used = used + amount
     granted[#granted + 1] = '1'
+  else
+    refused = true
+    granted[#granted + 1] = '0'
   end
 end
+local extra = 0
+if not refused then extra = math.max(0, math.min(ahead, room)) end
+local held = had - borrowed + used + extra
+reserved = reserved - borrowed + used + extra
 if reserved ~= f[2] then redis.call('HINCRBY', book, 'reserved', int(reserved - f[2])) end
+redis.call('HSET', book, field, int(held))
+redis.call('ZADD', leases, now + tonumber(ARGV[4]), ARGV[5])
 keep(book, leases, win)
-return answer(table.concat(granted), win, {f[1], reserved, f[3]})
+local ends = window_end(win)
+local left = -1
+if ends then left = ends * 1000 - now end
+local reply = 'g' .. table.concat(granted) .. ' ' .. int(extra) .. ' ' .. lapsed .. ' ' .. int(left)
+  .. ' ' .. answer(1, win, {f[1], reserved, f[3]})
+redis.call('SET', done, reply, 'EX', GROW_TTL)
+return reply
 """,
     calendar=True,
 )
 
-# ARGV: prefix, (unused), kind, then five for each operation, applied in order: what ('settle' or
-# 'refund'), window ('' = the current one), operation id, micro-dollars, and for a settle the
-# charge in micro-dollars ('' = the reservation, 'release' = nothing). A settle's operation id is
-# its lease's id: a reservation is settled or released once. Answers one line per operation.
+# ARGV: prefix, (unused), kind, then five for each operation, applied in order: what ('draw',
+# 'settle' or 'refund'), window ('' = the current one), operation id, micro-dollars, and a charge
+# in micro-dollars. A draw takes its micro-dollars off a pool (its operation id is
+# ``<pool id>:<n>``) and spends the charge: the settles of many creates, and room given back, as
+# one; -1 drops the pool's lease, whatever it holds. A settle (of a reservation that no pool of
+# this counter holds) spends the charge. Answers one line per operation.
 APPLY = Script(
     _BOOKS
     + """
+local function draw(w, op, micro, charge)
+  local win, book, leases, new = operation(w, op)
+  if not new then return answer(0, win, figures(book)) end
+  local pool = string.match(op, '^([^:]+):')
+  local field = 'l:' .. pool
+  local held = tonumber(redis.call('HGET', book, field) or '0')
+  local take = tonumber(micro)
+  if take < 0 or take > held then take = held end
+  if take > 0 then redis.call('HINCRBY', book, 'reserved', int(-take)) end
+  if tonumber(micro) < 0 then
+    redis.call('HDEL', book, field)  -- the pool is done: its lease goes
+    redis.call('ZREM', leases, pool)
+  elseif take > 0 then
+    -- A pool drawn to nothing keeps its lease (a missing one means it lapsed: see GROW).
+    redis.call('HINCRBY', book, field, int(-take))
+  end
+  if tonumber(charge) > 0 then redis.call('HINCRBY', book, 'spent', charge) end
+  keep(book, leases, win)
+  return answer(1, win, figures(book))
+end
 local function settle(w, op, micro, charge)
   local win, book, leases, new = operation(w, op)
   if not new then return answer(0, win, figures(book)) end
-  local held = drop(book, leases, op)
-  if charge == '' then charge = held or micro end
-  if charge ~= 'release' and tonumber(charge) > 0 then
-    redis.call('HINCRBY', book, 'spent', charge)
-  end
+  if charge == '' then charge = micro end
+  if tonumber(charge) > 0 then redis.call('HINCRBY', book, 'spent', charge) end
   keep(book, leases, win)
-  sweep(book, leases, now_ms())
   return answer(1, win, figures(book))
 end
 local function refund(w, op, micro)
@@ -160,7 +217,9 @@ local function refund(w, op, micro)
 end
 local lines = {}
 for i = 4, #ARGV, 5 do
-  if ARGV[i] == 'settle' then
+  if ARGV[i] == 'draw' then
+    lines[#lines + 1] = draw(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+  elseif ARGV[i] == 'settle' then
     lines[#lines + 1] = settle(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
   else
     lines[#lines + 1] = refund(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
@@ -171,29 +230,33 @@ return table.concat(lines, '\\n')
     calendar=True,
 )
 
-# ARGV: prefix, lease ms, kind, then (window, lease id, micro) for each lease. A lease the server
-# no longer has (it lapsed while this process could not reach Redis, or the server restarted
-# empty) is held again: its create is still under way, so its money is still committed.
+# ARGV: prefix, lease ms, kind, then (window, pool id, base) for each pool of a process. A pool
+# the server no longer has (it lapsed while this process could not reach Redis, or the server
+# restarted empty) is held again at its base, the room of its creates under way and of settles
+# not yet applied: that money is still committed. Its room not yet handed out is not held again.
+# Answers a 1 (it had lapsed) or a 0 for each pool.
 RENEW = Script(
     _BOOKS
     + """
 local now = now_ms()
-local again = 0
+local again = {}
 for i = 4, #ARGV, 3 do
-  local win, id, amount = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local win, id, base = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local book, leases = books(win)
-  if redis.call('EXISTS', prefix .. ':done:' .. id) == 0 then
-    if redis.call('ZADD', leases, 'XX', 'CH', now + tonumber(ARGV[2]), id) == 0
-        and not redis.call('ZSCORE', leases, id) then
-      redis.call('HINCRBY', book, 'reserved', amount)
-      redis.call('HSET', book, 'l:' .. id, amount)
+  local flag = '0'
+  if redis.call('ZADD', leases, 'XX', 'CH', now + tonumber(ARGV[2]), id) == 0
+      and not redis.call('ZSCORE', leases, id) then
+    flag = '1'  -- lapsed: the process learns that its free room is gone
+    if base > 0 then
+      redis.call('HINCRBY', book, 'reserved', int(base))
+      redis.call('HSET', book, 'l:' .. id, int(base))
       redis.call('ZADD', leases, now + tonumber(ARGV[2]), id)
-      again = again + 1
     end
-    keep(book, leases, win)
   end
+  keep(book, leases, win)
+  again[#again + 1] = flag
 end
-return again
+return table.concat(again)
 """,
     calendar=True,
 )

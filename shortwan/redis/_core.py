@@ -47,6 +47,8 @@ SCHEMA_VERSION: Final = 1
 
 # While the server is unreachable, it is asked again this often.
 _RETRY_EVERY: Final = 0.25
+# The longest the closing steps (room given back to a shared cap) may take.
+_CLOSING: Final = 1.0
 UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 
 T = TypeVar("T")
@@ -152,7 +154,9 @@ class Link:
         self._back = anyio.Event()
         self._refused: ConfigurationError | None = None
         self._closed = False
+        self._closing = False
         self._on_recovery: list[Callable[[], Awaitable[None]]] = []
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
         # The connection rounds of script calls go on (see _bundled), while none is under way.
         self._own: AbstractConnection | None = None
         self._task_group: TaskGroup | None = None
@@ -273,6 +277,10 @@ class Link:
         """Run ``hook()`` every time the server is reachable again after a failure."""
         self._on_recovery.append(hook)
 
+    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook()`` when the state closes, while calls can still be made (for a moment)."""
+        self._on_close.append(hook)
+
     async def wait_online(self) -> None:
         """Return once the server is reachable (at once if it is)."""
         while not self._online:
@@ -352,8 +360,16 @@ class Link:
 
     async def aclose(self) -> None:
         """Stop the background work, say this worker is gone, and close the pool. Idempotent."""
-        if self._closed:
+        if self._closed or self._closing:
             return
+        self._closing = True
+        if self._online and self._task_group is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSING):
+                for hook in self._on_close:
+                    try:
+                        await hook()
+                    except SharedStateError as exc:
+                        logger.info("a closing step could not reach Redis: %s", exc)
         self._closed = True
         runner, self._runner = self._runner, None
         cancelled = None

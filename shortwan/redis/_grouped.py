@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, Protocol, TypeVar, cast
 
@@ -13,6 +14,8 @@ from ._lua import Call, Script
 
 __all__ = ["Grouped", "Merged"]
 
+logger = logging.getLogger("shortwan")
+
 # How long a round waits after its first call for others to join it, while calls come in bursts.
 _GATHER: Final = 0.001
 # The longest a lazy call (work that can wait a moment, such as a settle) waits for a round trip
@@ -21,7 +24,13 @@ _LAZY: Final = 0.02
 
 
 class MergedState(Protocol):
-    """What the callers of one merged call share (see :meth:`Grouped.call_merged`)."""
+    """What the callers of one merged call share (see :meth:`Grouped.call_merged`).
+
+    A state may also have ``answered(reply)``, called once with the reply (or the
+    :class:`~shortwan.SharedStateError` of a call the server refused, which did not run) before
+    any caller wakes, and ``lost(sent)``, called instead when the round failed: ``sent`` says the
+    call may have run. They see the end of a call even when every caller was cancelled.
+    """
 
     def args(self, items: list[Any]) -> Sequence[EncodableT]:
         """Return the call's arguments for the items of its callers, as it leaves."""
@@ -179,16 +188,16 @@ class Grouped:
                     batch = []
         finally:
             self._wake = None
-            for entry in [*batch, *self._take_waiting()]:
-                _fail(entry, "the shared state is closing")
+            _fail_all(batch, "the shared state is closing", sent=True)
+            _fail_all(self._take_waiting(), "the shared state is closing", sent=False)
 
     async def _round(self, batch: list[tuple[Call, asyncio.Future[Any]] | Merged]) -> None:
         calls = [entry.call() if isinstance(entry, Merged) else entry[0] for entry in batch]
         try:
             replies = await self._link.run_many(calls)
         except (SharedStateError, RuntimeError) as exc:  # unreachable, or closed
-            for entry in [*batch, *self._take_waiting()]:
-                _fail(entry, str(exc))
+            _fail_all(batch, str(exc), sent=True)
+            _fail_all(self._take_waiting(), str(exc), sent=False)
             return
         for entry, reply in zip(batch, replies, strict=True):
             if isinstance(entry, Merged):
@@ -200,7 +209,7 @@ class Grouped:
 class Merged:
     """One call that several callers share (see :meth:`Grouped.call_merged`)."""
 
-    __slots__ = ("futures", "items", "keys", "script", "state")
+    __slots__ = ("answered", "futures", "items", "keys", "lost", "script", "state")
 
     def __init__(self, script: Script, keys: Sequence[str], state: MergedState) -> None:
         self.script = script
@@ -208,6 +217,8 @@ class Merged:
         self.state = state
         self.futures: list[asyncio.Future[tuple[Any, int]]] = []
         self.items: list[Any] = []
+        self.answered: Callable[[Any], None] | None = getattr(state, "answered", None)
+        self.lost: Callable[[bool], None] | None = getattr(state, "lost", None)
 
     def call(self) -> Call:
         """Return the call for every caller that joined."""
@@ -215,9 +226,23 @@ class Merged:
 
     def answer(self, reply: Any) -> None:
         """Give each caller the reply and its place."""
+        if self.answered is not None:
+            try:
+                self.answered(reply)
+            except Exception:  # its callers still hear the reply; the round goes on
+                logger.exception("reading a merged answer failed")
         for place, future in enumerate(self.futures):
             if not future.done():  # else its caller was cancelled
                 future.set_result((reply, place))
+
+
+def _fail_all(
+    entries: list[tuple[Call, asyncio.Future[Any]] | Merged], why: str, *, sent: bool
+) -> None:
+    for entry in entries:
+        if isinstance(entry, Merged) and entry.lost is not None:
+            entry.lost(sent)
+        _fail(entry, why)
 
 
 def _fail(entry: tuple[Call, asyncio.Future[Any]] | Merged, why: str) -> None:

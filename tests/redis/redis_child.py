@@ -53,6 +53,45 @@ async def spend(shared: SharedState, options: dict[str, Any]) -> None:
     say(charged=charged, refunded=refunded, granted=granted, refused=refused, worst=worst)
 
 
+async def burst(shared: SharedState, options: dict[str, Any]) -> None:
+    """Run many creates at once against the shared cap, as a batch does: each reserves, waits,
+    then settles (with a charge, maybe refunded) or releases; report the totals."""
+    cap = await shared.spend_counter(None, name=options["name"], lease=options.get("lease", 60.0))
+    totals = {"charged": Decimal(0), "refunded": Decimal(0), "granted": 0, "refused": 0}
+    worst = Decimal(0)
+    steps = iter(options["plan"])
+    limiter = anyio.Semaphore(options["concurrency"])
+
+    async def one(step: dict[str, Any]) -> None:
+        nonlocal worst
+        estimate = Decimal(step["estimate"])
+        try:
+            if not await cap.reserve(estimate):
+                totals["refused"] += 1
+                return
+            totals["granted"] += 1
+            worst = max(worst, cap.committed)
+            await anyio.sleep(step["pause"])
+            if step["charge"] is None:
+                await cap.release(estimate)
+                return
+            charge = Decimal(step["charge"])
+            await cap.settle(estimate, charge)
+            totals["charged"] += charge
+            if step["refund"]:
+                await cap.refund(charge)
+                totals["refunded"] += charge
+        finally:
+            limiter.release()
+
+    async with anyio.create_task_group() as tg:
+        for step in steps:
+            await limiter.acquire()
+            tg.start_soon(one, step)
+    worst = max(worst, (await cap.read()).committed)
+    say(**totals, worst=worst, held=cap.held)
+
+
 async def hold(shared: SharedState, options: dict[str, Any]) -> None:
     """Reserve and then hang, renewing the leases, until killed."""
     cap = await shared.spend_counter(None, lease=options["lease"])
@@ -121,6 +160,7 @@ async def owner(shared: SharedState, options: dict[str, Any]) -> None:
 
 ROLES = {
     "spend": spend,
+    "burst": burst,
     "hold": hold,
     "publish": publish,
     "wait": wait,

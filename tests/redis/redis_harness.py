@@ -6,7 +6,8 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,35 @@ from shortwan.testing._redis_server import (  # noqa: F401 - the tests import th
 )
 
 if TYPE_CHECKING:
-    from shortwan.redis import SharedState
+    from shortwan.redis import SharedSpendCounter, SharedState
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 10.0) -> None:
+    """Wait until ``await check()`` (or ``check()``) is true."""
+    with anyio.fail_after(timeout):
+        while True:
+            result = check()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.02)
+
+
+class Watch:
+    """The highest committed figure of a counter, read over and over while a test runs."""
+
+    def __init__(self, cap: SharedSpendCounter) -> None:
+        self.cap = cap
+        self.worst = Decimal(0)
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        """Read the books until stopped."""
+        while not self.stop.is_set():
+            self.worst = max(self.worst, (await self.cap.read()).committed)
+            await anyio.sleep(0.005)
+
 
 CHILD = Path(__file__).with_name("redis_child.py")
 CLIENT_CHILD = Path(__file__).with_name("client_child.py")

@@ -361,11 +361,13 @@ class TestSpend:
         from shortwan._spend import BothBudgets, SpendBudget
 
         own = SpendBudget(Decimal("10"))
-        both = BothBudgets(own, await shared.spend_counter("0.5"))
+        counter = await shared.spend_counter("0.5")
+        both = BothBudgets(own, counter)
         assert await both.reserve(Decimal("0.425"))
         assert not await both.reserve(Decimal("0.425"))  # the shared cap is the lower one
         assert (own.reserved, both.limit) == (Decimal("0.425"), Decimal("0.5"))
         await both.settle(Decimal("0.425"), Decimal("0.34"))
+        await counter.read()  # the shared settle is applied in the background
         assert (own.spent, own.reserved, both.committed) == (Decimal("0.34"), 0, Decimal("0.34"))
         await both.refund(Decimal("0.34"))
         assert own.spent == 0
