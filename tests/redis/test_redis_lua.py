@@ -9,13 +9,15 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.exceptions import DataError, ResponseError
 from redis_harness import RedisServer, count_round_trips
 
 from shortwan import SharedStateError
 from shortwan.redis import SharedState, connect
 from shortwan.redis._grouped import _LAZY
-from shortwan.redis._lua import _BUNDLE, Call, Script, run_bundled
+from shortwan.redis._lua import _BUNDLE, Call, Script, _decode, run_bundled
 
 pytestmark = pytest.mark.anyio
 
@@ -328,3 +330,36 @@ async def test_calls_queued_as_the_state_closes_fail_rather_than_hang(
             await state.aclose()
     assert len(errors) == 3
     assert all("clos" in str(e) for e in errors)
+
+
+SHAPES = Script(
+    "return {ARGV[1], tonumber(ARGV[2]), {ARGV[3], {}, false}, ARGV[1] == ARGV[3], "
+    "redis.status_reply(ARGV[4])}"
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.binary(max_size=64),
+    number=st.integers(-(2**52), 2**52),
+    third=st.binary(max_size=16),
+    status=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=12),
+)
+async def test_a_bundles_answers_read_as_redis_py_reads_them(
+    shared: SharedState, first: bytes, number: int, third: bytes, status: str
+) -> None:
+    """Whatever bytes, numbers and nesting a script answers, the bundle's one-string answer is
+    read as the same values redis-py reads from the script run on its own."""
+    call: Call = (SHAPES, (), (first, number, third, status))
+    [bundled] = await run_in_bundles(shared, [call])
+    assert bundled == await alone(shared, call)
+
+
+@pytest.mark.parametrize("broken", [b"", b"a2:s1:x", b"s5:abc", b"q1:", b"i12", b"a1:n-", b"s1:xy"])
+def test_an_answer_in_a_form_not_understood_is_an_error_not_a_crash(broken: bytes) -> None:
+    """A bundle's answer cut short or of an unknown form raises ValueError (or IndexError),
+    which run_bundled turns into an error for each call of the run."""
+    with pytest.raises((ValueError, IndexError)):
+        _decode(broken)
