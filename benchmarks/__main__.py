@@ -21,7 +21,17 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import callbacks, cli, download, engine, shared, shared_rate, throttle, workers
+from benchmarks import (
+    callbacks,
+    cli,
+    download,
+    engine,
+    shared,
+    shared_cap,
+    shared_rate,
+    throttle,
+    workers,
+)
 from benchmarks._harness import Section, combine, machine
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +46,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "cap": throttle.bench_rate_cap,
     "throttled": throttle.bench_throttled,
     "shared-rate": shared_rate.bench,
+    "shared-cap": shared_cap.bench,
     "scale": engine.bench_scale,
     "callbacks": callbacks.bench,
     "workers": workers.bench,
