@@ -188,11 +188,12 @@ class Sharing:
     def ended(self, record: JobRecord) -> None:
         """Publish the end of ``record``, which the service just reported."""
         self._bring_back(record)
-        self._keep(JobEnd.from_record(record))
+        # Signed here: publishing an end that is not costs a copy of it.
+        self._keep(JobEnd.from_record(record, seen_by=self.store.worker_id))
 
     def saw(self, snapshot: JobSnapshot) -> None:
         """Publish the end a query reported about a job that may not be tracked here."""
-        self._keep(JobEnd.from_snapshot(snapshot))
+        self._keep(JobEnd.from_snapshot(snapshot, seen_by=self.store.worker_id))
 
     async def find(self, job_id: str) -> JobEnd | None:
         """Return the end some process published for ``job_id``; ``None`` if none, or offline."""

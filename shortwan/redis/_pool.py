@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from redis.typing import EncodableT
 
-if TYPE_CHECKING:
-    from ._spend import SharedSpendCounter
-
-__all__ = ["Ask", "Growing", "Pool", "Renewing", "ahead_of"]
+__all__ = ["Ask", "Growing", "Pool", "PoolKeeper", "Renewing", "ahead_of"]
 
 # A lease is trusted for this share of its length after the call that set it left: the server's
 # expiry is later than that, whatever the round trip took.
@@ -115,6 +112,35 @@ class Pool:
         self.until = min(self.lease_until, self.window_until)
 
 
+class PoolKeeper(Protocol):
+    """What a grow or a renewal asks of the counter whose pools they serve."""
+
+    @property
+    def current(self) -> Pool | None:
+        """The pool new creates take room from."""
+
+    def usable(self, pool: Pool, now: float) -> bool:
+        """Whether the pool's room may be handed out now."""
+
+    def grow_args(self, growing: Growing, asks: list[Ask]) -> list[EncodableT]:
+        """The arguments of a grow for ``asks``."""
+
+    def grown(self, growing: Growing, reply: object) -> None:
+        """Book a grow's answer."""
+
+    def grow_lost(self, growing: Growing, *, sent: bool) -> None:
+        """Book a grow whose round failed."""
+
+    def renew_args(self, renewing: Renewing) -> list[EncodableT]:
+        """The arguments of a renewal."""
+
+    def renewed(self, renewing: Renewing, reply: object) -> None:
+        """Book a renewal's answer."""
+
+    def distrust(self, pools: list[Pool]) -> None:
+        """Retire pools whose room on the server is not known for sure."""
+
+
 class Ask:
     """One create asking a grow for room."""
 
@@ -132,7 +158,7 @@ class Growing:
 
     __slots__ = ("asks", "borrowed", "counter", "item", "pool", "pool_id", "sent_at")
 
-    def __init__(self, counter: SharedSpendCounter) -> None:
+    def __init__(self, counter: PoolKeeper) -> None:
         self.counter = counter
         self.pool: Pool | None = None
         self.pool_id = ""
@@ -150,7 +176,7 @@ class Growing:
         c = self.counter
         self.sent_at = time.monotonic()
         self.item = asks[0].micro  # what one create costs, for the room held ahead
-        pool = self.pool = c.pool
+        pool = self.pool = c.current
         if pool is None or pool.retired:
             self.pool = None
             self.asks = [ask for ask in asks if not ask.cancelled]
@@ -187,7 +213,7 @@ class Renewing:
 
     __slots__ = ("counter", "pools", "sent_at")
 
-    def __init__(self, counter: SharedSpendCounter) -> None:
+    def __init__(self, counter: PoolKeeper) -> None:
         self.counter = counter
         self.pools: list[Pool] = []
         self.sent_at = 0.0

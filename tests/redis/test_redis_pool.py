@@ -265,7 +265,7 @@ class TestDoubt:
             await cap.settle(ITEM, D("0.4"))
         figures = await cap.read()
         assert (figures.spent, figures.reserved) == (4 * D("0.4"), 0)
-        assert pool not in cap._pools
+        assert pool not in cap._pools.every
 
     async def test_a_renewal_whose_answer_was_lost_retires_its_pools(
         self, shared: SharedState
@@ -284,7 +284,7 @@ class TestDoubt:
         assert await cap.reserve(ITEM)  # a new pool
         for _ in range(9):
             await cap.settle(ITEM, ITEM)
-        await eventually(lambda: pool not in cap._pools, timeout=5)
+        await eventually(lambda: pool not in cap._pools.every, timeout=5)
         figures = await cap.read()
         assert cap.pool is not None
         assert figures.reserved == D(cap.pool.holds) / 1_000_000
@@ -297,7 +297,7 @@ class TestDoubt:
         await creates_back_to_back(cap, 8)
         pool = cap.pool
         assert pool is not None
-        growing = cap._start_growing()
+        growing = cap._pools.start_growing()
         ask = Ask(pool.free + 1)  # more than the pool has: it goes to the server
         args = growing.args([ask])
         assert growing.asks == [ask]
