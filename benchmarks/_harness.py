@@ -8,15 +8,17 @@ also runs alone and prints its sections.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shortwan.testing import FakeProcess as FakeServer
 from shortwan.testing import fake_process as fake_server
@@ -31,6 +33,7 @@ __all__ = [
     "machine",
     "median",
     "num",
+    "run_at_once",
     "table",
 ]
 
@@ -163,3 +166,22 @@ def machine() -> str:
         f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
         f"{platform.system()}"
     )
+
+
+def run_at_once(target: Callable[..., None], arguments: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Run ``target(*args, start_at, results)`` in one spawned process per ``args``; return what
+    each put in ``results``.
+
+    Every process waits for ``start_at`` (a wall-clock time a few seconds ahead), so that they
+    start their work together, after their imports.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    start_at = time.time() + 3.0
+    children = [ctx.Process(target=target, args=(*args, start_at, results)) for args in arguments]
+    for child in children:
+        child.start()
+    got = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join(30)
+    return got

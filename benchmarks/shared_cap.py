@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import secrets
 import time
 from decimal import Decimal
@@ -23,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks._harness import Section, Target, fake_server, machine, redis_process
+from benchmarks._harness import Section, Target, fake_server, machine, redis_process, run_at_once
 from benchmarks.engine import INSTANT_POLL, requests
 from shortwan import AsyncShortWan
 from shortwan.testing import Fault
@@ -82,32 +81,10 @@ def worker(  # noqa: PLR0917 - a process target takes its arguments by position
 def run(server: Any, redis_url: str | None, processes: int, per_process: int) -> dict[str, float]:
     """Run the batches at once; return the figures of the run."""
     before = server.stats()
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     namespace = "bench" + secrets.token_hex(4)
     tag = secrets.token_hex(3)
-    start_at = time.time() + 3.0  # every process starts at once, after its imports
-    children = [
-        ctx.Process(
-            target=worker,
-            args=(
-                server.url,
-                server.api_key,
-                redis_url,
-                namespace,
-                per_process,
-                f"{tag}-{i}",
-                start_at,
-                results,
-            ),
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-    spans = [results.get(timeout=600) for _ in children]
-    for child in children:
-        child.join(30)
+    common = (server.url, server.api_key, redis_url, namespace, per_process)
+    spans = run_at_once(worker, [(*common, f"{tag}-{i}") for i in range(processes)])
     after = server.stats()
     made = after["jobs_created"] - before["jobs_created"]
     return {

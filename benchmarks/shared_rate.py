@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import secrets
 import time
 from typing import Any
 
 import anyio
 
-from benchmarks._harness import Section, Target, fake_server, machine, num, redis_process
+from benchmarks._harness import (
+    Section,
+    Target,
+    fake_server,
+    machine,
+    num,
+    redis_process,
+    run_at_once,
+)
 from shortwan import AsyncShortWan, PollPolicy
 from shortwan.testing._redis_server import INSTALL_HINT, redis_server_binary
 
@@ -75,30 +82,9 @@ def run(server: Any, redis_url: str | None, per_worker: int) -> dict[str, float]
     """Run the four workers on fresh jobs; return the figures of the run."""
     ids = server.add_jobs(WORKERS * per_worker, prefix=f"shared{secrets.token_hex(3)}")
     before = server.stats()
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     namespace = "bench" + secrets.token_hex(4)
-    start_at = time.time() + 3.0  # every worker starts at once, after its imports
-    processes = [
-        ctx.Process(
-            target=worker,
-            args=(
-                server.url,
-                server.api_key,
-                redis_url,
-                namespace,
-                ids[i::WORKERS],
-                start_at,
-                results,
-            ),
-        )
-        for i in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    spans = [results.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(30)
+    common = (server.url, server.api_key, redis_url, namespace)
+    spans = run_at_once(worker, [(*common, ids[i::WORKERS]) for i in range(WORKERS)])
     after = server.stats()
     queries = after["queries"] - before["queries"]
     refused = after["rate_limited"] - before["rate_limited"]

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from hypothesis import strategies as st
 
 from shortwan.testing._redis_server import (  # noqa: F401 - the tests import them from here
     INSTALL_HINT,
@@ -131,3 +132,49 @@ async def child(
                 process.kill()
             with anyio.CancelScope(shield=True):
                 await process.wait()
+
+
+async def run_against_cap(
+    url: str, shared: SharedState, cap: SharedSpendCounter, role: str, options: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], Decimal]:
+    """Run one worker process of ``role`` per options at once against ``cap``, reading its books
+    over and over meanwhile; return each worker's last line and the highest committed seen."""
+    watch = Watch(cap)
+    results: list[dict[str, Any]] = []
+
+    async def worker(given: dict[str, Any]) -> None:
+        lines = await run_child(role, url, shared.namespace, {**given, "name": cap.name})
+        results.append(lines[-1])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        async with anyio.create_task_group() as workers:
+            for given in options:
+                workers.start_soon(worker, given)
+        watch.stop.set()
+    return results, watch.worst
+
+
+def spend_step(
+    outcomes: list[str], *, refund_one_in: int, pauses: list[float]
+) -> st.SearchStrategy[dict[str, Any]]:
+    """One create of a plan: its estimate, what it was charged (``outcomes`` draws "charged",
+    "cheaper" or "released"), whether it is refunded (one in ``refund_one_in``), and a pause."""
+
+    @st.composite
+    def step(draw: st.DrawFn) -> dict[str, Any]:
+        estimate = Decimal("0.085") * draw(st.integers(2, 15))
+        outcome = draw(st.sampled_from(outcomes))
+        charge: Decimal | None = estimate
+        if outcome == "cheaper":
+            charge = Decimal(draw(st.integers(0, int(estimate * 1000)))) / 1000
+        elif outcome == "released":
+            charge = None
+        return {
+            "estimate": str(estimate),
+            "charge": None if charge is None else str(charge),
+            "refund": charge is not None and draw(st.integers(1, refund_one_in)) == 1,
+            "pause": draw(st.sampled_from(pauses)),
+        }
+
+    return step()

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis_harness import RedisServer, Watch, count_round_trips, eventually, run_child
+from redis_harness import RedisServer, count_round_trips, eventually, run_against_cap, spend_step
 
 from shortwan import SharedStateError
 from shortwan.redis import SharedSpendCounter, SharedState, connect
@@ -330,26 +330,16 @@ def bursts() -> st.SearchStrategy[list[dict[str, Any]]]:
     """Batches of 4 processes: many creates at once, each charged (maybe less, maybe refunded)
     or released."""
 
-    @st.composite
-    def step(draw: st.DrawFn) -> dict[str, Any]:
-        estimate = D("0.085") * draw(st.integers(2, 15))
-        outcome = draw(st.sampled_from(["charged", "charged", "cheaper", "released"]))
-        charge: Decimal | None = estimate
-        if outcome == "cheaper":
-            charge = D(draw(st.integers(0, int(estimate * 1000)))) / 1000
-        elif outcome == "released":
-            charge = None
-        return {
-            "estimate": str(estimate),
-            "charge": None if charge is None else str(charge),
-            "refund": charge is not None and draw(st.integers(0, 9)) == 0,
-            "pause": draw(st.sampled_from([0, 0.001, 0.005, 0.02])),
-        }
+    step = spend_step(
+        ["charged", "charged", "cheaper", "released"],
+        refund_one_in=10,
+        pauses=[0, 0.001, 0.005, 0.02],
+    )
 
     @st.composite
     def batch(draw: st.DrawFn) -> dict[str, Any]:
         return {
-            "plan": draw(st.lists(step(), min_size=20, max_size=80)),
+            "plan": draw(st.lists(step, min_size=20, max_size=80)),
             "concurrency": draw(st.sampled_from([4, 16, 32])),
         }
 
@@ -369,27 +359,13 @@ async def test_four_busy_processes_never_cross_the_cap(
     cap_usd = D(limit)
     name = "b" + secrets.token_hex(4)
     cap = await shared.spend_counter(cap_usd, name=name)
-    watch = Watch(cap)
-    results: list[dict[str, Any]] = []
-
-    async def worker(batch: dict[str, Any]) -> None:
-        lines = await run_child(
-            "burst", redis_server.url, shared.namespace, {**batch, "name": name}
-        )
-        results.append(lines[-1])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch.run)
-        async with anyio.create_task_group() as workers:
-            for batch in batches:
-                workers.start_soon(worker, batch)
-        watch.stop.set()
+    results, worst = await run_against_cap(redis_server.url, shared, cap, "burst", batches)
     figures = await cap.read()
     charged = sum((D(r["charged"]) for r in results), D(0))
     refunded = sum((D(r["refunded"]) for r in results), D(0))
     assert figures.reserved == 0  # every process gave back what it held as it closed
     assert figures.spent == charged - refunded
-    assert watch.worst <= cap_usd
+    assert worst <= cap_usd
     assert all(D(r["worst"]) <= cap_usd for r in results)
     assert all(r["held"] == 0 for r in results)
     steps = sum(len(b["plan"]) for b in batches)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
-from redis_harness import RedisServer, Watch, child, eventually, run_child
+from redis_harness import RedisServer, Watch, child, eventually, run_against_cap, spend_step
 
 from shortwan import ConfigurationError, SharedStateError, SpendBudget
 from shortwan.redis import SharedSpendCounter, SharedState, connect
@@ -253,23 +253,10 @@ class TestLeases:
 def plans() -> st.SearchStrategy[list[list[dict[str, Any]]]]:
     """Plans of 4 processes: each step reserves a job's estimate, then settles or releases it."""
 
-    @st.composite
-    def step(draw: st.DrawFn) -> dict[str, Any]:
-        estimate = D("0.085") * draw(st.integers(2, 15))
-        outcome = draw(st.sampled_from(["charged", "cheaper", "released"]))
-        charge: Decimal | None = estimate
-        if outcome == "cheaper":
-            charge = D(draw(st.integers(0, int(estimate * 1000)))) / 1000
-        elif outcome == "released":
-            charge = None
-        return {
-            "estimate": str(estimate),
-            "charge": None if charge is None else str(charge),
-            "refund": charge is not None and draw(st.booleans()),
-            "pause": draw(st.sampled_from([0, 0, 0.002, 0.01])),
-        }
-
-    return st.lists(st.lists(step(), min_size=3, max_size=14), min_size=4, max_size=4)
+    step = spend_step(
+        ["charged", "cheaper", "released"], refund_one_in=2, pauses=[0, 0, 0.002, 0.01]
+    )
+    return st.lists(st.lists(step, min_size=3, max_size=14), min_size=4, max_size=4)
 
 
 @pytest.mark.slow
@@ -284,27 +271,14 @@ async def test_four_processes_never_cross_the_cap(
     cap_usd = D(limit) / 100
     name = "c" + secrets.token_hex(4)
     cap = await shared.spend_counter(cap_usd, name=name)
-    watch = Watch(cap)
-    results: list[dict[str, Any]] = []
-
-    async def worker(steps: list[dict[str, Any]]) -> None:
-        lines = await run_child(
-            "spend", redis_server.url, shared.namespace, {"plan": steps, "name": name}
-        )
-        results.append(lines[-1])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch.run)
-        async with anyio.create_task_group() as workers:
-            for steps in plan:
-                workers.start_soon(worker, steps)
-        watch.stop.set()
+    plans = [{"plan": steps} for steps in plan]
+    results, worst = await run_against_cap(redis_server.url, shared, cap, "spend", plans)
     figures = await cap.read()
     charged = sum((D(r["charged"]) for r in results), D(0))
     refunded = sum((D(r["refunded"]) for r in results), D(0))
     assert figures.reserved == 0
     assert figures.spent == charged - refunded
-    assert watch.worst <= cap_usd
+    assert worst <= cap_usd
     assert all(D(r["worst"]) <= cap_usd for r in results)
     assert sum(r["granted"] + r["refused"] for r in results) == sum(len(s) for s in plan)
 
