@@ -1,6 +1,6 @@
 """Run every benchmark and write ``benchmarks/RESULTS.md`` (and plots, with matplotlib).
 
-    python -m benchmarks            # the full suite, under 10 minutes on 2 cores
+    python -m benchmarks            # the full suite, about 15 minutes on 2 cores
     python -m benchmarks --quick    # smaller runs, under 2 minutes
     python -m benchmarks --only polling --only scale --runs 3
 
@@ -151,7 +151,7 @@ def readme_block(sections: dict[str, Section], plots: list[str], quick: bool) ->
     lines = [
         START,
         "",
-        "Reproduce with `python -m benchmarks` (about 10 minutes; `--quick` for about 4; the "
+        "Reproduce with `python -m benchmarks` (about 15 minutes; `--quick` for about 4; the "
         "plots need `pip install -e '.[bench]'`). Figures from "
         f"{'a quick' if quick else 'one'} run on {machine()}; full tables in "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).",
