@@ -171,6 +171,15 @@ class Pools:
             pool.retire()  # room granted under an id or in a window no longer in use
         return pool
 
+    def settled(self, pool: Pool, micro: int, charge: int) -> None:
+        """Take a reservation of ``micro`` off ``pool`` on the server, spending ``charge`` (0:
+        released); a retired pool whose last create this was has its lease dropped."""
+        pool.allocated -= micro
+        self._outbox.draw(pool, micro, charge)
+        if pool.retired:
+            self.drop_done()
+        self._outbox.apply_soon()
+
     def unused(self, pool: Pool, micro: int) -> None:
         """Put ``micro`` back in the pool's free room (a retired pool forgets it)."""
         if pool.retired:

@@ -218,13 +218,7 @@ class SharedSpendCounter:
         micro = to_micro(amount, up=True)
         now = self._asked = time.monotonic()
         pool = self._pools.current
-        if (
-            pool is not None
-            and pool.free >= micro
-            and now < pool.until
-            and not self._outbox.stalled
-            and self._link.online
-        ):  # as usable() says, without the call: this is most reservations
+        if pool is not None and pool.free >= micro and self._pools.usable(pool, now):
             # The server holds this room for this process already: the cap is not crossed.
             pool.free -= micro
             pool.allocated += micro
@@ -269,11 +263,7 @@ class SharedSpendCounter:
             await self._outbox.apply_now()  # its window is the server's to say
             window = op.window
         else:
-            pool.allocated -= micro
-            self._outbox.draw(pool, micro, charge)
-            if pool.retired:
-                self._pools.drop_done()
-            self._outbox.apply_soon()
+            self._pools.settled(pool, micro, charge)
             window = pool.window
         if window and self.window is not None:
             self._remember_charge(reserved if charged is None else charged, window)
@@ -285,11 +275,7 @@ class SharedSpendCounter:
         if pool is not None:
             # Back to the server, not to the pool: a create that made no job frees its room for
             # every process at once.
-            pool.allocated -= micro
-            self._outbox.draw(pool, micro, 0)
-            if pool.retired:
-                self._pools.drop_done()
-            self._outbox.apply_soon()
+            self._pools.settled(pool, micro, 0)
 
     async def refund(self, amount: Decimal) -> None:
         """Take a refunded charge off the spend of the window it was charged in."""
