@@ -72,15 +72,18 @@ class Timeouts:
         connect: opening a TCP/TLS connection.
         pool: waiting for a free connection from the pool; kept apart from ``read`` so a busy
             pool never eats the time a request has to answer.
-        read: the gap between two reads of the answer (an idle timeout, not a total one).
-        request: one whole attempt, from sending to the last byte of the answer (``None``: no cap
-            beyond ``read``). Each attempt also stops at the caller's deadline, whichever is first.
+        read: the gap between two reads of the answer (an idle timeout, not a total one). It
+            can only end an attempt allowed to last longer than ``read``; with the defaults it
+            bounds downloads and API calls sent with ``request=None``.
+        request: one whole API attempt, from sending to the last byte of the answer (``None``:
+            no cap beyond ``read``). Each attempt also stops at the caller's deadline, whichever
+            is first.
     """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
     pool: float = attrs.field(default=60.0, validator=_positive)
     read: float = attrs.field(default=30.0, validator=_positive)
-    request: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+    request: float | None = attrs.field(default=30.0, validator=_positive_or_none)
 
 
 DEFAULT_TIMEOUTS: Final = Timeouts()

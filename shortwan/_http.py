@@ -278,11 +278,15 @@ class Transport:
         connect = t.pool + t.connect
         if not math.isinf(total):
             connect = min(connect, total * 0.9)
+        # An idle gap of ``read`` can only end an attempt that lasts longer than ``read``: when
+        # the whole attempt's limit is no longer, that limit always passes first, and aiohttp's
+        # read timer (re-armed on every chunk received) is left out as the pure cost it is.
+        sock_read = t.read if t.read < total else None
         return aiohttp.ClientTimeout(
             total=None if math.isinf(total) else total,
             connect=connect,
             sock_connect=t.connect,
-            sock_read=t.read,
+            sock_read=sock_read,
         )
 
     async def _attempt(

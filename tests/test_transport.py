@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import ClassVar, Literal
 
 import aiohttp
+import anyio
 import pytest
 from PIL import Image
 
@@ -285,6 +286,22 @@ class TestCreateSafety:
         assert uncertain == 1
         assert fake.stats.jobs_created <= known + uncertain
         assert max(fake.stats.jobs_by_prompt.values(), default=0) <= 1
+
+    @pytest.mark.anyio
+    async def test_a_stalled_create_ends_at_the_attempt_limit_without_a_read_timer(
+        self, fake: FakeShortAPI
+    ) -> None:
+        """With ``read`` no shorter than ``request`` the idle timer is left out, and the whole
+        attempt's limit still ends a create whose answer stalls: maybe charged, not resent."""
+        timeouts = Timeouts(connect=2.0, pool=2.0, read=10.0, request=0.5)
+        fake.script("create", [Fault.SLOW_AFTER])
+        async with client_for(fake, timeouts=timeouts) as client:
+            assert client._transport._client_timeout(0.5).sock_read is None
+            assert client._transport._client_timeout(20.0).sock_read == 10.0
+            with anyio.fail_after(2.5):  # the answer comes after 3 s: only the limit ends it
+                with pytest.raises(SubmissionUncertainError):
+                    await client.submit(req())
+        assert fake.stats.creates_received == 1
 
     @pytest.mark.parametrize("fault", AMBIGUOUS)
     @pytest.mark.anyio
