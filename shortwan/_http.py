@@ -49,6 +49,11 @@ logger = logging.getLogger("shortwan")
 
 CREATE_PATH: Final = "/api/v1/job/create"
 QUERY_PATH: Final = "/api/v1/job/query"
+# How the retry log names each call, made once rather than on every call.
+_CALL_NAMES: Final = {
+    ("POST", CREATE_PATH): f"POST {CREATE_PATH}",
+    ("GET", QUERY_PATH): f"GET {QUERY_PATH}",
+}
 CODE_UPSTREAM_UNAVAILABLE: Final = 3000
 
 
@@ -311,8 +316,11 @@ class Transport:
             ) as response:
                 raw = await response.read()
                 status = response.status
-                header = response.headers.get("Retry-After")
-                retry_after = None if header is None else parse_retry_after(header)
+                retry_after = None
+                if status >= 400:  # a pause is asked for with a refusal (429, 503), never a 2xx
+                    header = response.headers.get("Retry-After")
+                    if header is not None:
+                        retry_after = parse_retry_after(header)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             failure = _client_error(exc, self.timeouts)
             raise failure from exc
@@ -335,7 +343,7 @@ class Transport:
         retrying = Retrying(
             self.retry,
             operation="create" if create else "query",
-            name=f"{method} {path}",
+            name=_CALL_NAMES.get((method, path)) or f"{method} {path}",
             idempotent=not create,
             job_id=job_id,
             on_retry=self.on_retry,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final, Literal
 
 try:  # the speed extra; the core never needs it
@@ -54,9 +55,24 @@ def orjson_available() -> bool:
     return _ORJSON
 
 
+# json.dumps with any option set builds a new encoder per call; one made here serves them all.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+# The C encoder json makes on each call when it can, made once. Without markers: what is
+# written is the client's own bodies, which never refer to themselves.
+_C_ENCODE: Final = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+)
+
+
 def stdlib_dumps(obj: Any) -> bytes:
     """Write ``obj`` as compact JSON with the standard library."""
-    return json.dumps(obj, separators=(",", ":")).encode("ascii")
+    if _C_ENCODE is None:  # pragma: no cover - CPython has the C encoder
+        return _ENCODER.encode(obj).encode("ascii")
+    return "".join(_C_ENCODE(obj, 0)).encode("ascii")
 
 
 def stdlib_loads(raw: bytes) -> Any:

@@ -217,6 +217,14 @@ class TestReadersAgree:
         assert "Expecting" in verdict_[-1][1]  # the stdlib's wording, not orjson's
 
 
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_the_stdlib_writer_writes_what_json_dumps_does(value: Any) -> None:
+    """The writer made once writes every value, byte for byte, as ``json.dumps`` made per call
+    would (surrogates, big integers and non-finite floats included)."""
+    assert _json.stdlib_dumps(value) == json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
 @needs_orjson
 class TestWritersAgree:
     @settings(max_examples=300, deadline=None)
