@@ -90,15 +90,18 @@ class DurationModel:
         """Return the expected running time of a job, in seconds (0 when nothing is known)."""
         return self.seconds_per_unit * self.units(request)
 
-    def observe(self, record: JobRecord, now: float) -> None:
+    def observe(self, record: JobRecord, seen_done_at: float) -> None:
+        """Learn from ``record``, which ended: the service's own timing if it is plausible,
+        else what the queries tell (``seen_done_at``: when the query that found it done left).
+        """
         units = self.units(record.request)
         if units <= 0:
             return
         took = _server_duration(record.snapshot)
-        elapsed = now - record.submitted_at
+        elapsed = seen_done_at - record.submitted_at
         if took is None or not 0 < took <= elapsed + 1.0:
             if record.last_pending_query_at is not None:
-                took = (record.last_pending_query_at + now) / 2 - record.submitted_at
+                took = (record.last_pending_query_at + seen_done_at) / 2 - record.submitted_at
             else:
                 # Done at its first query: it ran for less than we waited. Lean early, so the next
                 # first queries come sooner and see jobs still running.
@@ -385,6 +388,7 @@ class Poller:
             raise
 
     async def _ask(self, record: JobRecord) -> None:
+        asked_at = time.monotonic()
         try:
             snapshot = await self._query(record.id)
         except ShortWanError as exc:
@@ -396,7 +400,7 @@ class Poller:
             self.schedule(record, self.policy.max_interval)
             return
         self._queries_sent += 1
-        self.apply(record, snapshot)
+        self.apply(record, snapshot, asked_at=asked_at)
 
     def _failed_query(self, record: JobRecord, exc: ShortWanError) -> None:
         record.querying = False
@@ -439,11 +443,20 @@ class Poller:
             return 0.0
         return self._next_gap(record, now)
 
-    def apply(self, record: JobRecord, snapshot: JobSnapshot, *, answered: bool = True) -> None:
+    def apply(
+        self,
+        record: JobRecord,
+        snapshot: JobSnapshot,
+        *,
+        answered: bool = True,
+        asked_at: float | None = None,
+    ) -> None:
         """Record what the service said about ``record`` and plan the next query if needed.
 
         ``answered=False``: the snapshot is an end another process saw (no query was made
         here), so it teaches nothing about running times and is not announced again.
+        ``asked_at``: when the query that brought it was sent (default: now). A job found done
+        ended before then: the answer's way back says nothing of how long it ran.
         """
         if record.is_terminal:
             return  # a late answer never moves a finished job backwards
@@ -478,7 +491,7 @@ class Poller:
             )
         if state.is_terminal:
             if answered:
-                self.model.observe(record, now)
+                self.model.observe(record, now if asked_at is None else asked_at)
             self.table.transition(record, state)
             if answered and self.on_end is not None:
                 try:

@@ -167,6 +167,25 @@ class TestPoller:
         assert all(o.ok for o in outcomes)
 
     @pytest.mark.anyio
+    async def test_a_slow_answer_does_not_teach_a_longer_running_time(self) -> None:
+        """A job found done ran for less than the time to the query that found it: the answer's
+        way back (0.3 s here) is no part of it, so the estimate learns a job done at once."""
+        poll = PollPolicy(min_interval=0.01, max_interval=0.05, prior_seconds_per_video_second=1e-3)
+        async with (
+            FakeShortAPI(run_time=0, slow_delay=0.3) as fake,
+            client_for(fake, poll=poll) as client,
+        ):
+            fake.script("query", [Fault.SLOW_AFTER])
+            started = time.monotonic()
+            await client.generate(req(duration=5))
+            waited = time.monotonic() - started
+            learned = client.statistics().polling.seconds_per_video_second
+        assert waited >= 0.3  # the answer did come late
+        # From the answer's time it would be 0.6 x 0.3 s over 5 s of video, averaged in log
+        # space with the prior at half weight: about 0.006; from the query's own time, ~0.001.
+        assert learned < 0.002
+
+    @pytest.mark.anyio
     async def test_learns_a_faster_first_query(self) -> None:
         """After jobs finish, the first query of a new job comes near its expected end."""
         poll = PollPolicy(min_interval=0.01, max_interval=1, prior_seconds_per_video_second=0.2)
