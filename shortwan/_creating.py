@@ -213,5 +213,9 @@ class Creator:
             if receiver is not None and token is not None:
                 receiver.bind(token, record)
         if self._claimed is not None:
-            await self._claimed()
+            record.claiming = True
+            try:
+                await self._claimed()
+            finally:
+                record.claiming = False
         return record
