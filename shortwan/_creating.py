@@ -95,6 +95,12 @@ class Creator:
         callers that only anyio can cancel (the engine's own tasks, such as a batch's senders),
         it saves a task per create. Such a caller learns of a cancellation that came during the
         create at its next wait rather than on return.
+
+        With a shared store, a create waits for the claim on its job's polling to be written
+        before it returns the record, so a worker told of the id at once finds it claimed. An
+        inline create does not wait: the claim goes out with the next round all the same, and a
+        batch hands a job's id out only with its outcome, once the job has ended and its end
+        is published for every worker. Its sender asks about the job meanwhile.
         """
         self._ensure_running()
         self._refuse_if_closing()
@@ -126,6 +132,7 @@ class Creator:
                 slots=slots,
                 token=token,
                 callback_url=callback_url,
+                wait_for_claim=not inline,
             )
         except BaseException:
             if receiver is not None and token is not None:
@@ -165,6 +172,7 @@ class Creator:
         slots: anyio.Semaphore | None,
         token: str | None,
         callback_url: str | None,
+        wait_for_claim: bool,
     ) -> JobRecord:
         receiver = self._callbacks
         try:
@@ -212,7 +220,7 @@ class Creator:
             self._poller.track(record)
             if receiver is not None and token is not None:
                 receiver.bind(token, record)
-        if self._claimed is not None:
+        if wait_for_claim and self._claimed is not None:
             record.claiming = True
             try:
                 await self._claimed()

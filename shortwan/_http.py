@@ -18,7 +18,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -368,9 +368,15 @@ class Transport:
         """Wait for the budget's leave to send a query, but never past the call's deadline."""
         if isinstance(budget, RateLimiter) and budget.try_acquire():
             return  # granted at once: no deadline to arm
-        with anyio.move_on_after(retrying.remaining()) as scope:
-            await budget.acquire()
-        if scope.cancelled_caught:
+        # A budget that can keep to a deadline itself (the shared one) spares a cancel scope.
+        within: Callable[[float], Awaitable[bool]] | None = getattr(budget, "acquire_within", None)
+        if within is not None:
+            granted = await within(retrying.remaining())
+        else:
+            with anyio.move_on_after(retrying.remaining()) as scope:
+                await budget.acquire()
+            granted = not scope.cancelled_caught
+        if not granted:
             raise RateLimitError(
                 "the query rate (or a pause the service asked for) leaves no time to send this "
                 "query before its deadline"

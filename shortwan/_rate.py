@@ -516,7 +516,10 @@ class QueryBudget(Protocol):
     """Grants permission to send queries; shared by every job of a client (or of many clients).
 
     The transport calls :meth:`acquire` before every query attempt (retries included) and
-    :meth:`observe` with every answer, so one budget sees all the queries it governs.
+    :meth:`observe` with every answer, so one budget sees all the queries it governs. The
+    transport bounds the wait by the call's deadline; a budget that can keep to a deadline
+    itself may also offer ``async acquire_within(seconds) -> bool`` (granted, or refused
+    without waiting past ``seconds``), which the transport then calls instead.
     """
 
     async def acquire(self) -> None:

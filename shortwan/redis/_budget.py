@@ -205,36 +205,55 @@ class SharedQueryBudget:
     # --- QueryBudget ---------------------------------------------------------------------------
 
     async def acquire(self) -> None:
+        await self._acquire(math.inf)
+
+    async def acquire_within(self, seconds: float) -> bool:
+        """Take the leave to send one query if it comes within ``seconds``; return whether it
+        did. Never waits past them.
+
+        When they are longer than any round trip to Redis can last (``Link.longest_call``),
+        the wait for the slot, known once it is booked, is checked against them, and no cancel
+        scope (nor its timer) is armed for the call: the common case, a query's first attempt.
+        """
+        if seconds <= self._link.longest_call:
+            with anyio.move_on_after(seconds) as scope:
+                await self._acquire(math.inf)
+            return not scope.cancelled_caught
+        return await self._acquire(time.monotonic() + seconds)
+
+    async def _acquire(self, until: float) -> bool:
+        """Book a slot and wait for it, unless it comes after ``until``; return whether booked
+        and waited for."""
         link = self._link
         if link.closed or not link.online:
-            await self._acquire_alone(
-                "the shared state is closed" if link.closed else "Redis is unreachable"
+            return await self._acquire_alone(
+                "the shared state is closed" if link.closed else "Redis is unreachable", until
             )
-            return
         try:
             edits = self.controller.edits
             if edits not in (self._written, self._writing):  # one write per decision
                 await self._write()
             wait = await self._take()
         except SharedStateError as exc:
-            await self._acquire_alone(str(exc))
-            return
+            return await self._acquire_alone(str(exc), until)
         except RuntimeError:
             if not self._link.closed:  # read again: it may have closed during the call
                 raise
             # Closed while this call was on its way: the client goes on alone.
-            await self._acquire_alone("the shared state is closed")
-            return
+            return await self._acquire_alone("the shared state is closed", until)
         if self._alone:
             self._alone = False
             logger.info("the query budget %r is shared again", self.name)
         if wait > 0.0005:
+            if time.monotonic() + wait > until:
+                return False  # the slot booked goes unused, as a wait cut short would leave it
             # Waiting for a slot: demand the rate does not meet (see RateController.waiting).
             self.controller.waiting += 1
             try:
                 await anyio.sleep(wait)
             finally:
                 self.controller.waiting -= 1
+        return True
 
     def observe(self, *, sent_at: float, refused: bool, retry_after: float | None = None) -> float:
         return self._local.observe(sent_at=sent_at, refused=refused, retry_after=retry_after)
@@ -248,7 +267,7 @@ class SharedQueryBudget:
 
     # --- the server's copy ---------------------------------------------------------------------
 
-    async def _acquire_alone(self, why: str) -> None:
+    async def _acquire_alone(self, why: str, until: float) -> bool:
         if not self._alone:
             self._alone = True
             logger.warning(
@@ -257,7 +276,12 @@ class SharedQueryBudget:
                 self.name,
                 why,
             )
-        await self._local.acquire()
+        if math.isinf(until):
+            await self._local.acquire()
+            return True
+        with anyio.move_on_after(until - time.monotonic()) as scope:
+            await self._local.acquire()
+        return not scope.cancelled_caught
 
     async def _take(self) -> float:
         """Book a slot on the server; return the wait until it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
@@ -143,6 +144,7 @@ class Link:
         worker_id: str,
         address: str,
         heartbeat: float,
+        longest_call: float = math.inf,
     ) -> None:
         self.redis = redis
         self.namespace = namespace
@@ -150,6 +152,8 @@ class Link:
         self.address = address
         self.keys = Keys(namespace)
         self.heartbeat = heartbeat
+        # The longest a call can take before redis-py's own timeouts end it (inf: unknown).
+        self.longest_call = longest_call
         self._online = True
         self._back = anyio.Event()
         self._refused: ConfigurationError | None = None

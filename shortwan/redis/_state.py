@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -53,10 +54,22 @@ class SharedState(Link, ClosedOnExit):
     """
 
     def __init__(
-        self, redis: Redis, *, namespace: str, worker_id: str, address: str, heartbeat: float
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        worker_id: str,
+        address: str,
+        heartbeat: float,
+        longest_call: float = math.inf,
     ) -> None:
         super().__init__(
-            redis, namespace=namespace, worker_id=worker_id, address=address, heartbeat=heartbeat
+            redis,
+            namespace=namespace,
+            worker_id=worker_id,
+            address=address,
+            heartbeat=heartbeat,
+            longest_call=longest_call,
         )
         reader = StreamReader(self)
         self.jobs = JobView(self, reader)
@@ -236,8 +249,17 @@ async def connect(
             await redis.set(keys.worker(worker_id), "1", px=int(heartbeat * 1000))
         except (*UNREACHABLE, ResponseError) as exc:
             raise ConfigurationError(f"cannot use Redis at {address}: {describe(exc)}") from exc
+        # A call waits for a pooled connection, then makes at most two tries (the retry above),
+        # each a connection and an answer; what a process asks at once may wait for the round
+        # before it and go with a write: three calls, the longest any wait on Redis can be.
+        longest_call = 3 * (command_timeout + 2 * (connect_timeout + command_timeout))
         state = SharedState(
-            redis, namespace=namespace, worker_id=worker_id, address=address, heartbeat=heartbeat
+            redis,
+            namespace=namespace,
+            worker_id=worker_id,
+            address=address,
+            heartbeat=heartbeat,
+            longest_call=longest_call,
         )
         await state.start()
     except BaseException:

@@ -254,6 +254,29 @@ class TestRedisFailing:
             assert any("shared again" in r.getMessage() for r in caplog.records)
 
 
+class TestDeadline:
+    async def test_a_slot_past_the_deadline_is_refused_without_waiting_for_it(
+        self, redis_server: RedisServer, namespace: str
+    ) -> None:
+        """Given more time than a call to Redis can take, a slot booked past it is refused at
+        once; given less, the wait is cut at it; a slot within it is granted."""
+        async with await connect(
+            redis_server.url, namespace=namespace, connect_timeout=0.1, command_timeout=0.1
+        ) as state:
+            assert state.longest_call == pytest.approx(1.5)
+            budget = state.query_budget(100.0)
+            assert await budget.acquire_within(10.0)
+            budget.pause(3.0)
+            started = time.monotonic()
+            assert not await budget.acquire_within(2.0)  # booked 3 s out: no wait at all
+            refused_at_once = time.monotonic() - started
+            started = time.monotonic()
+            assert not await budget.acquire_within(0.3)  # within a call's length: cut at 0.3 s
+            cut = time.monotonic() - started
+        assert refused_at_once < 1.0
+        assert 0.25 <= cut < 2.0
+
+
 class TestStatistics:
     async def test_the_snapshot_is_the_controllers(self, shared: SharedState) -> None:
         """statistics() shows the shared rate in force, the ceiling and the answers seen here."""
