@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
 import socket
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -53,24 +52,8 @@ class SharedState(Link, ClosedOnExit):
         tokens: callback tokens of every worker, forwarding to their owners.
     """
 
-    def __init__(
-        self,
-        redis: Redis,
-        *,
-        namespace: str,
-        worker_id: str,
-        address: str,
-        heartbeat: float,
-        longest_call: float = math.inf,
-    ) -> None:
-        super().__init__(
-            redis,
-            namespace=namespace,
-            worker_id=worker_id,
-            address=address,
-            heartbeat=heartbeat,
-            longest_call=longest_call,
-        )
+    def __init__(self, redis: Redis, **link: Any) -> None:
+        super().__init__(redis, **link)  # the link's settings, as :class:`Link` takes them
         reader = StreamReader(self)
         self.jobs = JobView(self, reader)
         self.tokens = TokenRegistry(self, reader)
