@@ -99,8 +99,10 @@ class Creator:
         With a shared store, a create waits for the claim on its job's polling to be written
         before it returns the record, so a worker told of the id at once finds it claimed. An
         inline create does not wait: the claim goes out with the next round all the same, and a
-        batch hands a job's id out only with its outcome, once the job has ended and its end
-        is published for every worker. Its sender asks about the job meanwhile.
+        batch's ids reach its caller with the outcomes, once the jobs have ended and their ends
+        are published for every worker (or through ``in_flight``, where an id read before its
+        claim is written may be polled by another worker too: a query, never a charge). Its
+        sender asks about the job meanwhile.
         """
         self._ensure_running()
         self._refuse_if_closing()

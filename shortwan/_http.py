@@ -316,11 +316,9 @@ class Transport:
             ) as response:
                 raw = await response.read()
                 status = response.status
-                retry_after = None
-                if status >= 400:  # a pause is asked for with a refusal (429, 503), never a 2xx
-                    header = response.headers.get("Retry-After")
-                    if header is not None:
-                        retry_after = parse_retry_after(header)
+                # Read on every answer: code 3000 (model unavailable) comes with HTTP 200.
+                header = response.headers.get("Retry-After")
+                retry_after = None if header is None else parse_retry_after(header)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             failure = _client_error(exc, self.timeouts)
             raise failure from exc
@@ -369,9 +367,12 @@ class Transport:
         if isinstance(budget, RateLimiter) and budget.try_acquire():
             return  # granted at once: no deadline to arm
         # A budget that can keep to a deadline itself (the shared one) spares a cancel scope.
-        within: Callable[[float], Awaitable[bool]] | None = getattr(budget, "acquire_within", None)
+        # Looked up on its class: an attribute a mock makes up on the fly is not such a method.
+        within: Callable[[Any, float], Awaitable[bool]] | None = getattr(
+            type(budget), "acquire_within", None
+        )
         if within is not None:
-            granted = await within(retrying.remaining())
+            granted = await within(budget, retrying.remaining())
         else:
             with anyio.move_on_after(retrying.remaining()) as scope:
                 await budget.acquire()

@@ -90,22 +90,25 @@ class DurationModel:
         """Return the expected running time of a job, in seconds (0 when nothing is known)."""
         return self.seconds_per_unit * self.units(request)
 
-    def observe(self, record: JobRecord, seen_done_at: float) -> None:
-        """Learn from ``record``, which ended: the service's own timing if it is plausible,
-        else what the queries tell (``seen_done_at``: when the query that found it done left).
+    def observe(self, record: JobRecord, now: float, asked_at: float | None = None) -> None:
+        """Learn from ``record``, which ended (``now``: when its end was heard).
+
+        The service's own timing is taken when it is plausible; else what the queries tell,
+        counted up to ``asked_at``, when the query that found it done was asked for: the way
+        back of its answer is no part of the job.
         """
         units = self.units(record.request)
         if units <= 0:
             return
         took = _server_duration(record.snapshot)
-        elapsed = seen_done_at - record.submitted_at
-        if took is None or not 0 < took <= elapsed + 1.0:
+        if took is None or not 0 < took <= now - record.submitted_at + 1.0:
+            seen = now if asked_at is None else asked_at
             if record.last_pending_query_at is not None:
-                took = (record.last_pending_query_at + seen_done_at) / 2 - record.submitted_at
+                took = (record.last_pending_query_at + seen) / 2 - record.submitted_at
             else:
                 # Done at its first query: it ran for less than we waited. Lean early, so the next
                 # first queries come sooner and see jobs still running.
-                took = elapsed * 0.6
+                took = (seen - record.submitted_at) * 0.6
         if took <= 0:
             return
         weight = 0.5 if self.samples < 4 else 0.1
@@ -503,7 +506,7 @@ class Poller:
             )
         if state.is_terminal:
             if answered:
-                self.model.observe(record, now if asked_at is None else asked_at)
+                self.model.observe(record, now, asked_at)
             self.table.transition(record, state)
             if answered and self.on_end is not None:
                 try:

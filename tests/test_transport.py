@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from shortwan import (
@@ -354,6 +355,40 @@ class TestCreateSafety:
                 await client.submit(req())
         assert info.value.retry_after == 120
         assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_retry_after_on_a_code_3000_answer_is_honoured(self) -> None:
+        """Code 3000 comes with HTTP 200: a Retry-After it carries sets the wait before the
+        create is sent again, as a 429's does."""
+        set_testing(False)  # the wait is real time here
+        creates: list[float] = []
+
+        async def create(_request: web.Request) -> web.Response:
+            creates.append(time.monotonic())
+            if len(creates) == 1:
+                body = {"code": 3000, "message": "model busy", "data": None}
+                return web.json_response(body, headers={"Retry-After": "0.4"})
+            data = {"job_id": "5f10653d8787ac2a1710cfbd", "amount": "0.425"}
+            return web.json_response({"code": 0, "message": "ok", "data": data})
+
+        app = web.Application()
+        app.router.add_post("/api/v1/job/create", create)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        retry = RetryPolicy(initial_delay=0.0, max_delay=0.0)  # only the header can wait
+        try:
+            async with AsyncShortWan(
+                "ak-test", base_url=f"http://127.0.0.1:{port}", retry=retry
+            ) as client:
+                job = await client.submit(req())
+        finally:
+            await runner.cleanup()
+        assert job.id == "5f10653d8787ac2a1710cfbd"
+        assert len(creates) == 2
+        assert creates[1] - creates[0] >= 0.35
 
     @pytest.mark.anyio
     async def test_long_retry_after_still_pauses_the_client_up_to_the_cap(self) -> None:

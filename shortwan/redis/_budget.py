@@ -214,6 +214,8 @@ class SharedQueryBudget:
         When they are longer than any round trip to Redis can last (``Link.longest_call``),
         the wait for the slot, known once it is booked, is checked against them, and no cancel
         scope (nor its timer) is armed for the call: the common case, a query's first attempt.
+        A slot past them is refused once they have passed, as a wait cut short by a cancel
+        scope would be.
         """
         if seconds <= self._link.longest_call:
             with anyio.move_on_after(seconds) as scope:
@@ -245,14 +247,18 @@ class SharedQueryBudget:
             self._alone = False
             logger.info("the query budget %r is shared again", self.name)
         if wait > 0.0005:
-            if time.monotonic() + wait > until:
-                return False  # the slot booked goes unused, as a wait cut short would leave it
+            left = until - time.monotonic()
+            granted = wait <= left
             # Waiting for a slot: demand the rate does not meet (see RateController.waiting).
             self.controller.waiting += 1
             try:
-                await anyio.sleep(wait)
+                # A slot past the deadline is still waited for up to it, as a wait cut short
+                # would be: refusing at once would send the caller back to book another slot
+                # further out, and a queue of refused slots would never drain.
+                await anyio.sleep(wait if granted else max(left, 0.0))
             finally:
                 self.controller.waiting -= 1
+            return granted
         return True
 
     def observe(self, *, sent_at: float, refused: bool, retry_after: float | None = None) -> float:
