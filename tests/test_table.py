@@ -225,11 +225,15 @@ class TestDurationModel:
         assert model.expected(long) == pytest.approx(40)
         assert model.expected(None) == 0
 
-    def test_learns_from_server_timestamps(self) -> None:
-        """Jobs whose answers carry start and end times move the estimate toward them."""
+    @pytest.mark.parametrize("asked_before_answer", [None, 6.0])
+    def test_learns_from_server_timestamps(self, asked_before_answer: float | None) -> None:
+        """Jobs whose answers carry start and end times move the estimate toward them, also
+        when the query was asked for 6 s before its answer came (it waited for the budget):
+        the plausibility check counts up to the answer."""
         model = DurationModel(PollPolicy(prior_seconds_per_video_second=100, resolution_factor=1))
         request = ImageToVideo(first_frame_image=URL, duration=5, resolution="720p")
         now = time.monotonic()
+        asked_at = None if asked_before_answer is None else now - asked_before_answer
         for _ in range(30):
             r = JobRecord(
                 id="x",
@@ -241,27 +245,7 @@ class TestDurationModel:
             r.snapshot = snapshot(
                 2, created_at="2026-01-01T00:00:00Z", finished_at="2026-01-01T00:00:10Z"
             )
-            model.observe(r, now)
-        assert model.expected(request) == pytest.approx(10, rel=0.05)
-
-    def test_the_services_timing_stands_when_the_query_waited_long_to_leave(self) -> None:
-        """A query asked for 6 s before its answer (it waited for the budget) still takes the
-        service's own 10 s: the plausibility check counts up to when the answer came."""
-        model = DurationModel(PollPolicy(prior_seconds_per_video_second=100, resolution_factor=1))
-        request = ImageToVideo(first_frame_image=URL, duration=5, resolution="720p")
-        now = time.monotonic()
-        for _ in range(30):
-            r = JobRecord(
-                id="x",
-                request=request,
-                amount=None,
-                state=JobState.SUCCEEDED,
-                submitted_at=now - 11,
-            )
-            r.snapshot = snapshot(
-                2, created_at="2026-01-01T00:00:00Z", finished_at="2026-01-01T00:00:10Z"
-            )
-            model.observe(r, now, asked_at=now - 6)
+            model.observe(r, now, asked_at=asked_at)
         assert model.expected(request) == pytest.approx(10, rel=0.05)
 
 
