@@ -223,9 +223,5 @@ class Creator:
             if receiver is not None and token is not None:
                 receiver.bind(token, record)
         if wait_for_claim and self._claimed is not None:
-            record.claiming = True
-            try:
-                await self._claimed()
-            finally:
-                record.claiming = False
+            await self._claimed()
         return record

@@ -323,9 +323,6 @@ class Poller:
                 if due != record.due or not record.is_live:
                     continue  # superseded by an earlier entry, or nothing left to ask
                 record.due = math.inf
-                if record.claiming:
-                    self._hold(record)  # for the task that made it, once its claim is written
-                    continue
                 self._dispatch(record)
             self._wake.clear()
             if not heap:
@@ -359,16 +356,9 @@ class Poller:
         for record in due_now:
             if record.due != _DUE_NOW:
                 continue  # taken by its own task meanwhile, or planned again
-            if record.claiming:
-                # Its create is still under way: left for that task, or for the next flush.
-                self._due_now.append(record)
-                continue
             record.due = math.inf
             if record.is_live:
                 self._dispatch(record)
-        loop = self._loop
-        if self._due_now and loop is not None and not loop.is_closed():
-            self._flush_timer = loop.call_later(_SLACK, self._flush)
 
     def _dispatch(self, record: JobRecord) -> None:
         self._workers.dispatch(record)
@@ -377,16 +367,14 @@ class Poller:
         """Ask about ``record`` in the calling task if it is due now and a query slot is free.
 
         A batch's sender calls this right after it created the job: a job done at once (or whose
-        first query is due at once, or fell due while its create waited for its polling claim)
-        is then asked about with no hand-off to a worker and back. It takes the job under the
-        same bookkeeping as a worker (``querying``, the slots of ``max_concurrent_queries``), so
-        a job never has two queries in flight; its entry in the schedule, if any, is then out
-        of date and skipped. A job that is not due within ``_SLACK``, or is already being asked
-        about, is left to the poller; one that finds every slot taken (or the workers behind on
-        their queue) joins the workers' queue at once.
+        first query is due at once) is then asked about with no hand-off to a worker and back.
+        It takes the job under the same bookkeeping as a worker (``querying``, the slots of
+        ``max_concurrent_queries``), so a job never has two queries in flight. A job that is not
+        due now, or is already being asked about, is left to the poller; one that finds every
+        slot taken (or the workers behind on their queue) joins the workers' queue at once.
         """
-        if record.querying or (record.due != _DUE_NOW and record.due > time.monotonic() + _SLACK):
-            return  # a worker has it, or not due yet
+        if record.due != _DUE_NOW or record.querying:
+            return  # not due now, or a worker has it
         record.due = math.inf
         if not record.is_live:
             return

@@ -112,9 +112,6 @@ class JobRecord:
     # Someone asked for an immediate query while one was in flight (a callback said the job
     # ended, but the query under way may have left before that): ask again when it returns.
     recheck: bool = False
-    # Its create waits for the claim on its polling to be written (a shared store): a first
-    # query due now waits for the task that made it, which asks once the claim is written.
-    claiming: bool = False
     done_event: anyio.Event | None = None
     on_done: Callable[[JobRecord], None] | None = None
 

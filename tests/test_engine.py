@@ -21,16 +21,12 @@ from shortwan import (
     InvalidRequestError,
     JobDetachedError,
     JobFailedError,
-    JobSnapshot,
     JobState,
-    JobStatus,
     JobTimeoutError,
     PollPolicy,
     SpendLimitError,
     SubmissionUncertainError,
 )
-from shortwan._poller import Poller
-from shortwan._table import JobRecord, JobTable
 from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 
@@ -188,34 +184,6 @@ class TestPoller:
         # From the answer's time it would be 0.6 x 0.3 s over 5 s of video, averaged in log
         # space with the prior at half weight: about 0.006; from the query's own time, ~0.001.
         assert learned < 0.002
-
-    @pytest.mark.anyio
-    async def test_a_job_whose_create_waits_for_its_claim_is_left_to_its_creator(self) -> None:
-        """A first query due now waits while the job's create waits for its polling claim (a
-        shared store); once the claim is written, the flush hands it out if its task did not."""
-        asked: list[str] = []
-
-        async def query(job_id: str) -> JobSnapshot:
-            asked.append(job_id)
-            return JobSnapshot(id=job_id, status=JobStatus.RUNNING, raw_status=1)
-
-        table = JobTable()
-        poll = PollPolicy(min_interval=0.001, max_interval=10, prior_seconds_per_video_second=1e-6)
-        poller = Poller(table=table, query=query, policy=poll)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(poller.run, tg)
-            await anyio.sleep(0.01)
-            record = table.add(
-                JobRecord(id="j1", request=req(), amount=None, state=JobState.QUEUED)
-            )
-            record.claiming = True
-            poller.track(record)
-            await anyio.sleep(0.05)  # ten flushes' worth
-            assert asked == []
-            record.claiming = False
-            await anyio.sleep(0.05)
-            assert asked[:1] == ["j1"]  # then asked again and again: it is still running
-            tg.cancel_scope.cancel()
 
     @pytest.mark.anyio
     async def test_learns_a_faster_first_query(self) -> None:
