@@ -1,4 +1,5 @@
-"""Asyncio helpers: waiting that nothing cuts short, and ``async with`` for what has ``aclose``.
+"""Asyncio helpers: waiting that nothing cuts short, deadlines that share one timer, and
+``async with`` for what has ``aclose``.
 
 :func:`wait_through_cancellation` is for work whose end must be known (a paid create, a write).
 """
@@ -6,13 +7,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import sys
 from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-__all__ = ["ClosedOnExit", "wait_through_cancellation"]
+__all__ = ["ClosedOnExit", "DeadlineWatch", "wait_through_cancellation"]
 
 
 async def wait_through_cancellation(
@@ -33,6 +36,99 @@ async def wait_through_cancellation(
         except asyncio.CancelledError as exc:
             cancelled = exc
     return cancelled
+
+
+class DeadlineWatch:
+    """Cancel each watched task at its deadline, with one timer for all of them.
+
+    A deadline per timer handle costs every request a handle made, pushed on the loop's heap and
+    cancelled; here a watch is a dict entry. It serves deadlines that come in the order they are
+    set (each a fixed time after it is set): then the oldest watch is the next to pass, and the one
+    timer is armed for it. :meth:`watch` refuses a deadline earlier than one already watched, for
+    the caller to time some other way.
+
+    A task is cancelled as ``asyncio.timeout`` does it, with ``Task.cancel``. :meth:`leave` says
+    whether the deadline passed, and :meth:`own_cancellation` whether the ``CancelledError`` that
+    came out is the watch's alone, to turn into a timeout (anything else is to propagate).
+    """
+
+    def __init__(self) -> None:
+        # Insertion order is deadline order: see watch().
+        self._live: dict[int, tuple[asyncio.Task[Any], float, int]] = {}
+        self._passed: dict[int, tuple[asyncio.Task[Any], int]] = {}
+        self._tokens = itertools.count()
+        self._latest = -float("inf")
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, when: float) -> int | None:
+        """Watch the current task until ``when`` (the loop's clock); ``None``: not watched."""
+        if when < self._latest:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            return None
+        self._latest = when
+        token = next(self._tokens)
+        self._live[token] = (task, when, _cancelling(task))
+        if self._timer is None:
+            self._timer = task.get_loop().call_at(when, self._passing, when)
+        return token
+
+    def leave(self, token: int) -> bool:
+        """Stop watching; return whether the deadline passed (the task was cancelled)."""
+        if self._live.pop(token, None) is not None:
+            return False
+        return token in self._passed
+
+    def own_cancellation(self, token: int) -> bool:
+        """After a deadline passed: whether the cancellation was the watch's alone.
+
+        Takes the watch's cancellation back (``Task.uncancel``), so only another one is left.
+        """
+        task, cancelling = self._passed.pop(token)
+        return _uncancel(task) <= cancelling
+
+    def forget(self, token: int) -> None:
+        """Drop what a passed deadline left, when no cancellation came of it."""
+        if (passed := self._passed.pop(token, None)) is not None:
+            _uncancel(passed[0])
+
+    def close(self) -> None:
+        """Disarm the timer; the watches left are dropped."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._live.clear()
+
+    def _passing(self, due: float) -> None:
+        self._timer = None
+        live = self._live
+        while live:
+            token = next(iter(live))
+            task, when, cancelling = live[token]
+            if when > due:
+                self._timer = task.get_loop().call_at(when, self._passing, when)
+                return
+            del live[token]
+            self._passed[token] = (task, cancelling)
+            task.cancel()
+
+
+if sys.version_info >= (3, 11):
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return task.cancelling()
+
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return task.uncancel()
+
+else:  # Python 3.10 keeps no count of cancellations: the deadline is the best account of one
+
+    def _cancelling(task: asyncio.Task[Any]) -> int:
+        return 0
+
+    def _uncancel(task: asyncio.Task[Any]) -> int:
+        return 0
 
 
 class ClosedOnExit:

@@ -25,6 +25,7 @@ import aiohttp
 import anyio
 
 from . import _json
+from ._aio import DeadlineWatch
 from ._config import Limits, RetryPolicy, Timeouts, is_testing
 from ._convert import CreateData, create_from_data
 from ._errors import (
@@ -169,6 +170,58 @@ def _client_error(exc: BaseException, timeouts: Timeouts) -> AttemptFailed:
     return AttemptFailed(TransportError(text), Safety.UNCERTAIN)
 
 
+class AttemptLimits:
+    """How long one API attempt may take: its aiohttp limits, and the watch that ends it.
+
+    An attempt allowed its full ``Timeouts.request`` (the common case) is ended by :attr:`watch`,
+    one timer for every such attempt, instead of a timer of aiohttp's own per request. A shorter
+    attempt, near its call's deadline, keeps aiohttp's total limit.
+    """
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts: Final = timeouts
+        self.watch: Final = DeadlineWatch()
+        self._full: aiohttp.ClientTimeout | None = None
+
+    def for_attempt(self, remaining: float) -> tuple[aiohttp.ClientTimeout, int | None]:
+        """Return an attempt's aiohttp limits and its watch's token (``None``: not watched)."""
+        cap = self.timeouts.request
+        if cap is None or remaining >= cap:
+            loop = asyncio.get_running_loop()
+            token = None if cap is None else self.watch.watch(loop.time() + cap)
+            if token is not None or cap is None:
+                if self._full is None:  # the same object every time, not a new one per request
+                    self._full = self.client_timeout(cap or math.inf, watched=True)
+                return self._full, token
+            remaining = cap
+        return self.client_timeout(max(remaining, 0.001), watched=False), None
+
+    def client_timeout(self, total: float, *, watched: bool) -> aiohttp.ClientTimeout:
+        """Return aiohttp's limits for an attempt of ``total`` seconds at most."""
+        t = self.timeouts
+        # The wait for a pooled connection must end before the whole attempt's limit: a request
+        # that never got a connection was never sent, and aiohttp only says so (a connection
+        # timeout) when that limit is the first to pass; otherwise a create that never left
+        # would be reported "maybe charged".
+        connect = t.pool + t.connect
+        if not math.isinf(total):
+            connect = min(connect, total * 0.9)
+        # An idle gap of ``read`` can only end an attempt that lasts longer than ``read``: when
+        # the whole attempt's limit is no longer, that limit always passes first, and aiohttp's
+        # read timer (re-armed on every chunk received) is left out as the pure cost it is.
+        sock_read = t.read if t.read < total else None
+        return aiohttp.ClientTimeout(
+            total=None if watched or math.isinf(total) else total,
+            connect=connect,
+            sock_connect=t.connect,
+            sock_read=sock_read,
+        )
+
+    def close(self) -> None:
+        """Disarm the watch's timer."""
+        self.watch.close()
+
+
 class Transport:
     """Owns the HTTP session and sends the protocol's two calls with the retry policy.
 
@@ -196,7 +249,6 @@ class Transport:
         self._auth: Final = {"Authorization": f"Bearer {api_key}"}
         self._auth_json: Final = {**self._auth, "Content-Type": "application/json"}
         self.base_url = base_url.rstrip("/")
-        self.timeouts = timeouts
         self.retry = retry
         self.limits = limits
         self._session = session
@@ -207,7 +259,7 @@ class Transport:
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
         # One 429 pauses every request of this client: no storm of refused requests.
         self._paused_until = 0.0
-        self._timeout: aiohttp.ClientTimeout | None = None
+        self._limits = AttemptLimits(timeouts)
         # Paces every query attempt and hears every answer to one (see _rate): the rate in force
         # and the queries' pause live there.
         self.query_budget: QueryBudget | None = None
@@ -261,38 +313,9 @@ class Transport:
         """Close the session if this transport created it. Idempotent."""
         self._closed = True
         session, self._session = self._session, None
+        self._limits.close()
         if session is not None and self._owns_session:
             await session.close()
-
-    def _attempt_timeout(self, remaining: float) -> aiohttp.ClientTimeout:
-        t = self.timeouts
-        cap = t.request if t.request is not None else math.inf
-        if remaining >= cap:
-            # The common case: the same object every time, not a new one per request.
-            if self._timeout is None:
-                self._timeout = self._client_timeout(cap)
-            return self._timeout
-        return self._client_timeout(max(remaining, 0.001))
-
-    def _client_timeout(self, total: float) -> aiohttp.ClientTimeout:
-        t = self.timeouts
-        # The wait for a pooled connection must end before the whole attempt's limit: a request
-        # that never got a connection was never sent, and aiohttp only says so (a connection
-        # timeout) when that limit is the first to pass; otherwise a create that never left
-        # would be reported "maybe charged".
-        connect = t.pool + t.connect
-        if not math.isinf(total):
-            connect = min(connect, total * 0.9)
-        # An idle gap of ``read`` can only end an attempt that lasts longer than ``read``: when
-        # the whole attempt's limit is no longer, that limit always passes first, and aiohttp's
-        # read timer (re-armed on every chunk received) is left out as the pure cost it is.
-        sock_read = t.read if t.read < total else None
-        return aiohttp.ClientTimeout(
-            total=None if math.isinf(total) else total,
-            connect=connect,
-            sock_connect=t.connect,
-            sock_read=sock_read,
-        )
 
     async def _attempt(
         self,
@@ -304,6 +327,8 @@ class Transport:
         retrying: Retrying,
     ) -> dict[str, Any]:
         session = self.session()
+        timeout, token = self._limits.for_attempt(retrying.remaining())
+        watch = self._limits.watch
         try:
             async with session.request(
                 method,
@@ -311,7 +336,7 @@ class Transport:
                 params=params,
                 data=None if body is None else _encoded(body),
                 headers=self._auth if body is None else self._auth_json,
-                timeout=self._attempt_timeout(retrying.remaining()),
+                timeout=timeout,
                 allow_redirects=False,
             ) as response:
                 raw = await response.read()
@@ -319,9 +344,20 @@ class Transport:
                 # Read on every answer: code 3000 (model unavailable) comes with HTTP 200.
                 header = response.headers.get("Retry-After")
                 retry_after = None if header is None else parse_retry_after(header)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            failure = _client_error(exc, self.timeouts)
-            raise failure from exc
+        except BaseException as exc:
+            if token is not None and watch.leave(token):
+                # The attempt's limit passed: the watch cancelled it, as aiohttp's timer would.
+                if isinstance(exc, asyncio.CancelledError):
+                    if not watch.own_cancellation(token):
+                        raise  # cancelled by someone else too: that one goes on
+                    exc = asyncio.TimeoutError()
+                else:
+                    watch.forget(token)
+            if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
+                raise _client_error(exc, self._limits.timeouts) from exc
+            raise
+        if token is not None and watch.leave(token):
+            watch.forget(token)  # ended as its limit passed, and no cancellation came of it
         return decode_envelope(status, raw, retry_after)
 
     def _call(

@@ -36,6 +36,7 @@ from shortwan import (
     Timeouts,
     TransportError,
 )
+from shortwan._convert import request_args
 from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 URL = "https://example.com/frame.png"
@@ -297,12 +298,31 @@ class TestCreateSafety:
         timeouts = Timeouts(connect=2.0, pool=2.0, read=10.0, request=0.5)
         fake.script("create", [Fault.SLOW_AFTER])
         async with client_for(fake, timeouts=timeouts) as client:
-            assert client._transport._client_timeout(0.5).sock_read is None
-            assert client._transport._client_timeout(20.0).sock_read == 10.0
+            assert client._transport._limits.client_timeout(0.5, watched=False).sock_read is None
+            assert client._transport._limits.client_timeout(20.0, watched=False).sock_read == 10.0
             with anyio.fail_after(2.5):  # the answer comes after 3 s: only the limit ends it
                 with pytest.raises(SubmissionUncertainError):
                     await client.submit(req())
+            # The attempt had its full limit: the shared deadline watch ended it, not aiohttp.
+            used = client._transport._limits._full
+            assert used is not None
+            assert used.total is None
         assert fake.stats.creates_received == 1
+
+    @pytest.mark.anyio
+    async def test_a_caller_cancelling_a_watched_attempt_is_cancelled_not_timed_out(
+        self, fake: FakeShortAPI
+    ) -> None:
+        """A cancellation from outside an attempt the deadline watch holds propagates as a
+        cancellation, not as a timeout, and leaves no watch behind."""
+        timeouts = Timeouts(connect=2.0, pool=2.0, read=10.0, request=0.6)
+        fake.script("create", [Fault.SLOW_AFTER])
+        async with client_for(fake, timeouts=timeouts) as client:
+            with anyio.move_on_after(0.2) as scope:
+                await client._transport.create(req().model, request_args(req()))
+            assert scope.cancelled_caught
+            assert client._transport._limits.watch._live == {}
+            assert client._transport._limits.watch._passed == {}
 
     @pytest.mark.parametrize("fault", AMBIGUOUS)
     @pytest.mark.anyio
