@@ -29,6 +29,7 @@ from benchmarks import (
     shared,
     shared_cap,
     shared_rate,
+    stalls,
     throttle,
     workers,
 )
@@ -45,6 +46,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "polling": engine.bench_polling,
     "cap": throttle.bench_rate_cap,
     "throttled": throttle.bench_throttled,
+    "stalls": stalls.bench,
     "shared-rate": shared_rate.bench,
     "shared-cap": shared_cap.bench,
     "scale": engine.bench_scale,
