@@ -94,21 +94,25 @@ class DeadlineWatch:
             _uncancel(passed[0])
 
     def close(self) -> None:
-        """Disarm the timer; the watches left are dropped."""
-        if self._timer is not None:
+        """Disarm the timer, once nothing is watched: a wait still under way keeps its deadline
+        (the timer then lapses after the last one)."""
+        if not self._live and self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._live.clear()
 
     def _passing(self, due: float) -> None:
         self._timer = None
         live = self._live
+        now = due
         while live:
             token = next(iter(live))
             task, when, cancelling = live[token]
-            if when > due:
-                self._timer = task.get_loop().call_at(when, self._passing, when)
-                return
+            if when > now:
+                # A timer that fired late ends every deadline already past, not one per turn.
+                now = max(now, task.get_loop().time())
+                if when > now:
+                    self._timer = task.get_loop().call_at(when, self._passing, when)
+                    return
             del live[token]
             self._passed[token] = (task, cancelling)
             task.cancel()

@@ -218,7 +218,7 @@ class AttemptLimits:
         )
 
     def close(self) -> None:
-        """Disarm the watch's timer."""
+        """Disarm the watch's timer once no attempt is under way (those left keep their limit)."""
         self.watch.close()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 
 import anyio
 import pytest
@@ -116,3 +118,65 @@ class TestDeadlineWatch:
         assert task.cancelled()
         assert seen == [False]
         watch.close()
+
+    @pytest.mark.anyio
+    async def test_a_watch_after_the_timer_found_nothing_left_still_fires(self) -> None:
+        """Once the timer has fired on an empty watch, the next watch arms it again."""
+        watch = DeadlineWatch()
+        passed, _ = await _sleeper(watch, 0.02, 0.001)  # leaves the timer armed, then empty
+        assert not passed
+        await asyncio.sleep(0.05)  # the timer fires and finds nothing to cancel
+        passed, own = await _sleeper(watch, 0.02, 5)
+        assert (passed, own) == (True, True)
+        watch.close()
+
+    @pytest.mark.anyio
+    async def test_deadlines_that_passed_while_the_loop_was_busy_all_end_at_once(self) -> None:
+        """A timer that fires late ends every deadline already past, in that one call."""
+        watch = DeadlineWatch()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_sleeper(watch, 0.01 + n * 0.0001, 5)) for n in range(100)]
+        await asyncio.sleep(0)  # every task is watched
+        time.sleep(0.05)  # noqa: ASYNC251 - the loop is held up on purpose
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration has run the timer
+        assert watch._live == {}
+        results = await asyncio.gather(*tasks)
+        assert all(passed and own for passed, own in results)
+        watch.close()
+
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 counts no cancellations")
+    @pytest.mark.anyio
+    async def test_a_cancellation_swallowed_below_is_taken_back(self) -> None:
+        """When the code below swallows the watch's cancellation, forget() takes it back: the
+        task's count of cancellations is where it was."""
+        watch = DeadlineWatch()
+        loop = asyncio.get_running_loop()
+
+        async def swallower() -> int:
+            token = watch.watch(loop.time() + 0.02)
+            assert token is not None
+            with contextlib.suppress(asyncio.CancelledError):  # as a careless library might
+                await asyncio.sleep(5)
+            assert watch.leave(token)
+            watch.forget(token)
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()
+
+        assert await loop.create_task(swallower()) == 0
+        assert watch._passed == {}
+        watch.close()
+
+    @pytest.mark.anyio
+    async def test_close_leaves_the_deadlines_of_waits_under_way(self) -> None:
+        """Closing the watch does not take away the limit of a wait still under way."""
+        watch = DeadlineWatch()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_sleeper(watch, 0.05, 5))
+        await asyncio.sleep(0)
+        watch.close()
+        with anyio.fail_after(2):
+            assert await task == (True, True)
+        watch.close()
+        assert watch._timer is None

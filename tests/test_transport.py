@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
+import math
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -36,7 +39,9 @@ from shortwan import (
     Timeouts,
     TransportError,
 )
+from shortwan._aio import DeadlineWatch
 from shortwan._convert import request_args
+from shortwan._http import AttemptLimits
 from shortwan.testing import FakeShortAPI, Fault, set_testing
 
 URL = "https://example.com/frame.png"
@@ -439,6 +444,106 @@ class TestCreateSafety:
                 await client.submit(req())
         assert info.value.code == 3000
         assert fake.stats.jobs_created == 0
+
+
+class TestAttemptLimits:
+    """The shared deadline watch that ends an attempt at ``Timeouts.request``."""
+
+    LONG: ClassVar = Timeouts(connect=2.0, pool=2.0, read=30.0, request=20.0)
+
+    @staticmethod
+    async def _watched(watch: DeadlineWatch) -> None:
+        """Wait until an attempt is under the watch."""
+        with anyio.fail_after(5):
+            while not watch._live:
+                await anyio.sleep(0.005)
+
+    def test_only_an_attempt_with_its_whole_limit_left_is_watched(self) -> None:
+        """With less time left than ``request``, aiohttp's own total limit ends the attempt."""
+        limits = AttemptLimits(Timeouts(connect=1.0, pool=1.0, read=5.0, request=5.0))
+
+        async def check() -> None:
+            short, token = limits.for_attempt(2.0)
+            assert token is None
+            assert short.total == 2.0
+            full, token = limits.for_attempt(60.0)
+            assert token is not None
+            assert full.total is None
+            assert limits.watch.leave(token) is False
+            limits.close()
+
+        anyio.run(check)
+
+    @pytest.mark.anyio
+    async def test_a_query_ended_by_the_watch_is_asked_again(self, fake: FakeShortAPI) -> None:
+        """The watch's cancellation of a stalled query becomes a timeout, which is retried; the
+        task's count of cancellations is back at zero."""
+        async with client_for(fake, timeouts=self.LONG) as client:
+            job = await client.submit(req())
+            fake.script("query", [Fault.SLOW_AFTER])
+            transport = client._transport
+            watch = transport._limits.watch
+
+            async def query() -> tuple[JobStatus, int]:
+                snap = await client.get_job(job.id)
+                task = asyncio.current_task()
+                assert task is not None
+                return snap.status, task.cancelling() if sys.version_info >= (3, 11) else 0
+
+            task = asyncio.get_running_loop().create_task(query())
+            await self._watched(watch)
+            watch._passing(math.inf)  # as the timer would, at the deadline
+            with anyio.fail_after(5):
+                assert await task == (JobStatus.SUCCEEDED, 0)
+            assert watch._live == {}
+            assert watch._passed == {}
+
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 counts no cancellations")
+    @pytest.mark.parametrize("outside_first", [True, False])
+    @pytest.mark.anyio
+    async def test_an_outside_cancellation_at_the_deadline_wins(
+        self, fake: FakeShortAPI, outside_first: bool
+    ) -> None:
+        """A cancellation from outside that lands in the same step as the deadline propagates
+        as a cancellation, whichever came first: it is never taken for a timeout."""
+        async with client_for(fake, timeouts=self.LONG) as client:
+            job = await client.submit(req())
+            fake.script("query", [Fault.SLOW_AFTER])
+            transport = client._transport
+            watch = transport._limits.watch
+            task = asyncio.get_running_loop().create_task(transport.query(job.id))
+            await self._watched(watch)
+            if outside_first:
+                task.cancel()
+            watch._passing(math.inf)
+            if not outside_first:
+                task.cancel()
+            with anyio.fail_after(5):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert task.cancelled()
+            assert watch._live == {}
+            assert watch._passed == {}
+
+    @pytest.mark.anyio
+    async def test_closing_keeps_the_limit_of_an_attempt_under_way(
+        self, fake: FakeShortAPI
+    ) -> None:
+        """Closing the client while a query on a borrowed session is under way leaves it its
+        limit: it ends at ``request``, not when the stalled answer comes."""
+        timeouts = Timeouts(connect=2.0, pool=2.0, read=30.0, request=0.5)
+        async with aiohttp.ClientSession() as session:
+            client = client_for(
+                fake, timeouts=timeouts, session=session, retry=RetryPolicy(attempts=1)
+            )
+            async with client:
+                job = await client.submit(req())
+                fake.script("query", [Fault.SLOW_AFTER])  # held 3 s
+                task = asyncio.get_running_loop().create_task(client._transport.query(job.id))
+                await self._watched(client._transport._limits.watch)
+            with anyio.fail_after(2):
+                with pytest.raises(TransportError, match="timed out"):
+                    await task
 
 
 class TestQueryFaults:
