@@ -48,8 +48,8 @@ class DeadlineWatch:
     the caller to time some other way.
 
     A task is cancelled as ``asyncio.timeout`` does it, with ``Task.cancel``. :meth:`leave` says
-    whether the deadline passed, and :meth:`own_cancellation` whether the ``CancelledError`` that
-    came out is the watch's alone, to turn into a timeout (anything else is to propagate).
+    whether the ``CancelledError`` that came out is the watch's alone, to turn into a timeout
+    (anything else is to propagate).
     """
 
     def __init__(self) -> None:
@@ -74,24 +74,18 @@ class DeadlineWatch:
             self._timer = task.get_loop().call_at(when, self._passing, when)
         return token
 
-    def leave(self, token: int) -> bool:
-        """Stop watching; return whether the deadline passed (the task was cancelled)."""
-        if self._live.pop(token, None) is not None:
-            return False
-        return token in self._passed
+    def leave(self, token: int, error: BaseException | None = None) -> bool:
+        """Stop watching; return whether ``error`` (what ended the wait, if anything) is the
+        watch's own cancellation alone, for the caller to turn into a timeout.
 
-    def own_cancellation(self, token: int) -> bool:
-        """After a deadline passed: whether the cancellation was the watch's alone.
-
-        Takes the watch's cancellation back (``Task.uncancel``), so only another one is left.
+        After a deadline passed, the watch's cancellation is taken back (``Task.uncancel``)
+        whatever came of it, so only a cancellation from elsewhere is left to propagate.
         """
+        if self._live.pop(token, None) is not None:
+            return False  # ended before its deadline
         task, cancelling = self._passed.pop(token)
-        return _uncancel(task) <= cancelling
-
-    def forget(self, token: int) -> None:
-        """Drop what a passed deadline left, when no cancellation came of it."""
-        if (passed := self._passed.pop(token, None)) is not None:
-            _uncancel(passed[0])
+        left = _uncancel(task)
+        return isinstance(error, asyncio.CancelledError) and left <= cancelling
 
     def close(self) -> None:
         """Disarm the timer, once nothing is watched: a wait still under way keeps its deadline

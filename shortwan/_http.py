@@ -186,12 +186,11 @@ class AttemptLimits:
     def for_attempt(self, remaining: float) -> tuple[aiohttp.ClientTimeout, int | None]:
         """Return an attempt's aiohttp limits and its watch's token (``None``: not watched)."""
         cap = self.timeouts.request
-        if cap is None or remaining >= cap:
-            loop = asyncio.get_running_loop()
-            token = None if cap is None else self.watch.watch(loop.time() + cap)
-            if token is not None or cap is None:
+        if cap is not None and remaining >= cap:
+            token = self.watch.watch(asyncio.get_running_loop().time() + cap)
+            if token is not None:
                 if self._full is None:  # the same object every time, not a new one per request
-                    self._full = self.client_timeout(cap or math.inf, watched=True)
+                    self._full = self.client_timeout(cap, watched=True)
                 return self._full, token
             remaining = cap
         return self.client_timeout(max(remaining, 0.001), watched=False), None
@@ -216,10 +215,6 @@ class AttemptLimits:
             sock_connect=t.connect,
             sock_read=sock_read,
         )
-
-    def close(self) -> None:
-        """Disarm the watch's timer once no attempt is under way (those left keep their limit)."""
-        self.watch.close()
 
 
 class Transport:
@@ -313,7 +308,7 @@ class Transport:
         """Close the session if this transport created it. Idempotent."""
         self._closed = True
         session, self._session = self._session, None
-        self._limits.close()
+        self._limits.watch.close()  # attempts still under way keep their limit
         if session is not None and self._owns_session:
             await session.close()
 
@@ -345,19 +340,13 @@ class Transport:
                 header = response.headers.get("Retry-After")
                 retry_after = None if header is None else parse_retry_after(header)
         except BaseException as exc:
-            if token is not None and watch.leave(token):
-                # The attempt's limit passed: the watch cancelled it, as aiohttp's timer would.
-                if isinstance(exc, asyncio.CancelledError):
-                    if not watch.own_cancellation(token):
-                        raise  # cancelled by someone else too: that one goes on
-                    exc = asyncio.TimeoutError()
-                else:
-                    watch.forget(token)
+            if token is not None and watch.leave(token, exc):
+                exc = asyncio.TimeoutError()  # the watch ended it, as aiohttp's timer would
             if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
                 raise _client_error(exc, self._limits.timeouts) from exc
             raise
-        if token is not None and watch.leave(token):
-            watch.forget(token)  # ended as its limit passed, and no cancellation came of it
+        if token is not None:
+            watch.leave(token)
         return decode_envelope(status, raw, retry_after)
 
     def _call(

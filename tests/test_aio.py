@@ -14,20 +14,16 @@ from shortwan._aio import DeadlineWatch
 
 
 async def _sleeper(watch: DeadlineWatch, seconds: float, wait: float) -> tuple[bool, bool]:
-    """Watch the current task for ``seconds`` and sleep ``wait``; return whether the deadline
-    passed and whether the cancellation was the watch's alone."""
+    """Watch the current task for ``seconds`` and sleep ``wait``; return whether the sleep was
+    cancelled and whether the watch took the cancellation for its own alone."""
     loop = asyncio.get_running_loop()
     token = watch.watch(loop.time() + seconds)
     assert token is not None
     try:
         await asyncio.sleep(wait)
-    except asyncio.CancelledError:
-        assert watch.leave(token)
-        return True, watch.own_cancellation(token)
-    passed = watch.leave(token)
-    if passed:
-        watch.forget(token)
-    return passed, False
+    except asyncio.CancelledError as exc:
+        return True, watch.leave(token, exc)
+    return False, watch.leave(token)
 
 
 class TestDeadlineWatch:
@@ -46,8 +42,7 @@ class TestDeadlineWatch:
     async def test_a_wait_that_ends_first_is_left_alone(self) -> None:
         """A wait that ends before its deadline is not cancelled, and the timer is disarmed."""
         watch = DeadlineWatch()
-        passed, _ = await _sleeper(watch, 5, 0.01)
-        assert not passed
+        assert await _sleeper(watch, 5, 0.01) == (False, False)
         assert watch._live == {}
         watch.close()
         assert watch._timer is None
@@ -103,9 +98,8 @@ class TestDeadlineWatch:
             assert token is not None
             try:
                 await asyncio.sleep(20)
-            except asyncio.CancelledError:
-                assert watch.leave(token)
-                seen.append(watch.own_cancellation(token))
+            except asyncio.CancelledError as exc:
+                seen.append(watch.leave(token, exc))
                 raise
 
         task = loop.create_task(victim())
@@ -123,8 +117,8 @@ class TestDeadlineWatch:
     async def test_a_watch_after_the_timer_found_nothing_left_still_fires(self) -> None:
         """Once the timer has fired on an empty watch, the next watch arms it again."""
         watch = DeadlineWatch()
-        passed, _ = await _sleeper(watch, 0.02, 0.001)  # leaves the timer armed, then empty
-        assert not passed
+        # Ends first, leaving the timer armed for its deadline.
+        assert await _sleeper(watch, 0.02, 0.001) == (False, False)
         await asyncio.sleep(0.05)  # the timer fires and finds nothing to cancel
         passed, own = await _sleeper(watch, 0.02, 5)
         assert (passed, own) == (True, True)
@@ -148,7 +142,7 @@ class TestDeadlineWatch:
     @pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 counts no cancellations")
     @pytest.mark.anyio
     async def test_a_cancellation_swallowed_below_is_taken_back(self) -> None:
-        """When the code below swallows the watch's cancellation, forget() takes it back: the
+        """When the code below swallows the watch's cancellation, leaving takes it back: the
         task's count of cancellations is where it was."""
         watch = DeadlineWatch()
         loop = asyncio.get_running_loop()
@@ -158,8 +152,7 @@ class TestDeadlineWatch:
             assert token is not None
             with contextlib.suppress(asyncio.CancelledError):  # as a careless library might
                 await asyncio.sleep(5)
-            assert watch.leave(token)
-            watch.forget(token)
+            assert watch.leave(token) is False  # no cancellation came out: nothing to turn
             task = asyncio.current_task()
             assert task is not None
             return task.cancelling()

@@ -459,7 +459,8 @@ class TestAttemptLimits:
                 await anyio.sleep(0.005)
 
     def test_only_an_attempt_with_its_whole_limit_left_is_watched(self) -> None:
-        """With less time left than ``request``, aiohttp's own total limit ends the attempt."""
+        """With less time left than ``request`` (or no ``request`` at all), aiohttp's own total
+        limit ends the attempt at the call's deadline."""
         limits = AttemptLimits(Timeouts(connect=1.0, pool=1.0, read=5.0, request=5.0))
 
         async def check() -> None:
@@ -470,7 +471,13 @@ class TestAttemptLimits:
             assert token is not None
             assert full.total is None
             assert limits.watch.leave(token) is False
-            limits.close()
+            limits.watch.close()
+            # With no limit per attempt, only the call's deadline bounds it.
+            unlimited = AttemptLimits(Timeouts(connect=1.0, pool=1.0, read=5.0, request=None))
+            bounded, token = unlimited.for_attempt(2.0)
+            assert token is None
+            assert bounded.total == 2.0
+            assert unlimited.for_attempt(math.inf)[0].total is None
 
         anyio.run(check)
 
